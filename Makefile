@@ -1,0 +1,34 @@
+# onnxfleet: the two commands are `make demo` and `make test` (both run `make setup`).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+PYTEST ?= pytest
+
+.PHONY: help setup lint test test-python demo image bench lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## venv, Docker engine, base image, wheelhouse (idempotent)
+	@scripts/setup.sh
+
+lint: setup ## ruff, mypy
+	ruff check .
+	ruff format --check .
+	mypy app/onnxfleet
+
+test-python: setup ## the pytest suite (real services, real containers)
+	$(PYTEST) tests
+
+test: setup lint test-python ## the whole suite (what CI runs)
+
+image: setup ## build the onnxfleet image (cached by content hash)
+	@scripts/image.py --archive-dir .cache/images
+
+lock: ## re-pin requirements/controller.txt and app/requirements.lock
+	scripts/lock.sh
+
+clean: ## remove caches (venv and images stay)
+	rm -rf .cache/images .pytest_cache .ruff_cache .mypy_cache

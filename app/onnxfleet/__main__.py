@@ -1,0 +1,3 @@
+from onnxfleet.cli import main
+
+raise SystemExit(main())

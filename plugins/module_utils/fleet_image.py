@@ -1,0 +1,160 @@
+# Copyright: onnxfleet contributors
+# Apache-2.0
+"""Build an image once per content, on the controller, and save it as an archive to ship.
+
+Used by the ``onnxfleet.serving.fleet_image`` module and by ``scripts/image.py``
+(make image, the tests). Pure Python plus the ``docker`` CLI: no Docker SDK needed.
+
+The tag is a hash of the build context (minus derived files such as the wheelhouse)
+and of the base image's ID, so a changed source, lock file, model or base gives a new
+tag and an unchanged one is never rebuilt.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+DEFAULT_EXCLUDES = (".wheelhouse", "__pycache__", "*.pyc", "*.egg-info", "build", ".*cache")
+
+
+class ImageError(Exception):
+    """A build step failed; the message says which and why."""
+
+
+def _docker(*args, check=True, capture=True, stdin=None, env=None):
+    try:
+        proc = subprocess.run(
+            ["docker", *args],
+            check=False,
+            stdin=stdin,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+    except FileNotFoundError as exc:
+        raise ImageError("the docker CLI is not installed on the controller") from exc
+    if check and proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise ImageError("docker %s failed: %s" % (args[0], "; ".join(err[-5:])))
+    return proc
+
+
+def image_id(name):
+    """The local image ID of ``name``, or None when the engine does not have it."""
+    proc = _docker("image", "inspect", "--format", "{{.Id}}", name, check=False)
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.decode().strip()
+
+
+def _excluded(rel, excludes):
+    parts = rel.split(os.sep)
+    return any(fnmatch.fnmatch(part, pat) for part in parts for pat in excludes)
+
+
+def context_files(context, excludes=DEFAULT_EXCLUDES):
+    """Files of a build context that decide the image, relative and sorted."""
+    found = []
+    for top, dirs, files in os.walk(context):
+        rel_top = os.path.relpath(top, context)
+        dirs[:] = sorted(
+            d for d in dirs if not _excluded(os.path.normpath(os.path.join(rel_top, d)), excludes)
+        )
+        for name in files:
+            rel = os.path.normpath(os.path.join(rel_top, name))
+            if not _excluded(rel, excludes):
+                found.append(rel)
+    return sorted(found)
+
+
+def content_hash(context, base_id, build_args=None, excludes=DEFAULT_EXCLUDES):
+    digest = hashlib.sha256()
+    digest.update(base_id.encode())
+    digest.update(json.dumps(build_args or {}, sort_keys=True).encode())
+    for rel in context_files(context, excludes):
+        digest.update(rel.encode() + b"\0")
+        with open(os.path.join(context, rel), "rb") as handle:
+            digest.update(hashlib.sha256(handle.read()).digest())
+    return digest.hexdigest()[:12]
+
+
+def resolve_base(preferred, fallback, pull=True):
+    """(name, id) of the base image: ``preferred`` if the engine has it or can pull it,
+    else ``fallback`` (built offline by scripts/base-image.sh)."""
+    for candidate, may_pull in ((preferred, pull), (fallback, False)):
+        if not candidate:
+            continue
+        found = image_id(candidate)
+        if found is None and may_pull and _docker("pull", "-q", candidate, check=False).returncode == 0:
+            found = image_id(candidate)
+        if found:
+            return candidate, found
+    raise ImageError(
+        "no base image: %s is not available (no registry answers?) and the offline "
+        "fallback %s has not been built; run `make setup` (scripts/base-image.sh)"
+        % (preferred, fallback or "(none)")
+    )
+
+
+def ensure_image(
+    context,
+    repository,
+    preferred_base,
+    fallback_base=None,
+    archive_dir=None,
+    build_args=None,
+    excludes=DEFAULT_EXCLUDES,
+    pull=True,
+    check_mode=False,
+):
+    """Make sure ``repository:<content hash>`` exists locally (and, with ``archive_dir``,
+    as a gzipped ``docker save`` archive there). Returns what it did."""
+    context = os.path.abspath(context)
+    if not os.path.isfile(os.path.join(context, "Dockerfile")):
+        raise ImageError("no Dockerfile in %s" % context)
+    base, base_id = resolve_base(preferred_base, fallback_base, pull=pull and not check_mode)
+    args = dict(build_args or {})
+    args["BASE_IMAGE"] = base
+    tag = content_hash(context, base_id, args, excludes)
+    image = "%s:%s" % (repository, tag)
+    result = {"changed": False, "image": image, "tag": tag, "base_image": base, "built": False}
+
+    if image_id(image) is None:
+        result.update(changed=True, built=True)
+        if not check_mode:
+            cmd = ["build", "--quiet", "--tag", image, "--label", "onnxfleet.content=" + tag]
+            for key, value in sorted(args.items()):
+                cmd += ["--build-arg", "%s=%s" % (key, value)]
+            # The legacy builder talks to any engine (Debian's docker.io has no buildx).
+            _docker(*cmd, context, env=dict(os.environ, DOCKER_BUILDKIT="0"))
+
+    if archive_dir:
+        archive = os.path.join(os.path.abspath(archive_dir), "%s-%s.tar.gz" % (repository.replace("/", "_"), tag))
+        result["archive"] = archive
+        if not os.path.exists(archive):
+            result["changed"] = True
+            if not check_mode:
+                _save(image, archive)
+    return result
+
+
+def _save(image, archive):
+    os.makedirs(os.path.dirname(archive), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(archive), suffix=".part")
+    try:
+        proc = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as out:
+            shutil.copyfileobj(proc.stdout, out, 1 << 20)
+        if proc.wait() != 0:
+            raise ImageError("docker save %s failed: %s" % (image, proc.stderr.read().decode(errors="replace")))
+        os.replace(tmp, archive)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,107 @@
+"""Helpers shared by the test suites: real service processes on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """The status of a GET, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+class Service:
+    """``python -m onnxfleet <args>`` as a real process; its output goes to a log file.
+
+    Use as a context manager: entering waits until ``ready_path`` answers 200.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        port: int,
+        ready_path: str = "/readyz",
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self.args = list(args)
+        self.port = port
+        self.ready_path = ready_path
+        self.env = {**os.environ, **(env or {})}
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="onnxfleet-", suffix=".log", delete=False)  # noqa: SIM115
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Service:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "onnxfleet", *self.args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self) -> Service:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if http_status(self.url + self.ready_path, timeout=1.0) == 200:
+                return self
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.args[0]} not ready after {self.ready_timeout}s:\n{self.log()[-3000:]}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            return self.proc.wait(5)
+
+    def log(self) -> str:
+        self._log.flush()
+        return Path(self._log.name).read_text(errors="replace")
+
+    def __enter__(self) -> Service:
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._log.close()
+        os.unlink(self._log.name)
