@@ -17,7 +17,7 @@ setup: ## venv, Docker engine, base image, wheelhouse (idempotent)
 lint: setup ## ruff, mypy
 	ruff check .
 	ruff format --check .
-	mypy app/onnxfleet
+	mypy --config-file app/pyproject.toml app/onnxfleet
 
 test-python: setup ## the pytest suite (real services, real containers)
 	$(PYTEST) tests

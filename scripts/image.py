@@ -18,10 +18,14 @@ from fleet_image import ImageError, ensure_image  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--context", default=os.path.join(ROOT, "app"))
     parser.add_argument("--repository", default="onnxfleet")
-    parser.add_argument("--base-image", default=os.environ.get("ONNXFLEET_BASE_IMAGE", "python:3.11-slim-bookworm"))
+    parser.add_argument(
+        "--base-image", default=os.environ.get("ONNXFLEET_BASE_IMAGE", "python:3.11-slim-bookworm")
+    )
     parser.add_argument("--fallback-base-image", default="onnxfleet/base:bookworm")
     parser.add_argument("--archive-dir")
     args = parser.parse_args()

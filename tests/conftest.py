@@ -22,7 +22,12 @@ def repo_root() -> Path:
 def onnxfleet_image() -> dict[str, str]:
     """The onnxfleet image (built once per content hash, like `make image`)."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "image.py"), "--archive-dir", str(ROOT / ".cache" / "images")],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "image.py"),
+            "--archive-dir",
+            str(ROOT / ".cache" / "images"),
+        ],
         check=True,
         capture_output=True,
         text=True,

@@ -74,7 +74,9 @@ class Service:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+                raise RuntimeError(
+                    f"{self.args[0]} exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
+                )
             if http_status(self.url + self.ready_path, timeout=1.0) == 200:
                 return self
             time.sleep(0.1)

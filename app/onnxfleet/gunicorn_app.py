@@ -18,7 +18,7 @@ BASE_OPTIONS: dict[str, Any] = {
 }
 
 
-class _Application(BaseApplication):  # type: ignore[misc]
+class _Application(BaseApplication):
     def __init__(self, factory: Callable[[], Any], options: dict[str, Any]) -> None:
         self.factory = factory
         self.options = {**BASE_OPTIONS, **options}

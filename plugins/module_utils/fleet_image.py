@@ -104,6 +104,7 @@ def resolve_base(preferred, fallback, pull=True):
 
 
 def ensure_image(
+    *,
     context,
     repository,
     preferred_base,
@@ -136,7 +137,9 @@ def ensure_image(
             _docker(*cmd, context, env=dict(os.environ, DOCKER_BUILDKIT="0"))
 
     if archive_dir:
-        archive = os.path.join(os.path.abspath(archive_dir), "%s-%s.tar.gz" % (repository.replace("/", "_"), tag))
+        archive = os.path.join(
+            os.path.abspath(archive_dir), "%s-%s.tar.gz" % (repository.replace("/", "_"), tag)
+        )
         result["archive"] = archive
         if not os.path.exists(archive):
             result["changed"] = True
@@ -150,10 +153,15 @@ def _save(image, archive):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(archive), suffix=".part")
     try:
         proc = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as out:
+        with (
+            os.fdopen(fd, "wb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as out,
+        ):
             shutil.copyfileobj(proc.stdout, out, 1 << 20)
         if proc.wait() != 0:
-            raise ImageError("docker save %s failed: %s" % (image, proc.stderr.read().decode(errors="replace")))
+            raise ImageError(
+                "docker save %s failed: %s" % (image, proc.stderr.read().decode(errors="replace"))
+            )
         os.replace(tmp, archive)
     finally:
         if os.path.exists(tmp):
