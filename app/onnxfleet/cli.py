@@ -16,23 +16,33 @@ from onnxfleet import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "healthcheck": ("onnxfleet.healthcheck", "exit 0 when a service answers ready (Docker HEALTHCHECK)"),
+    "worker": ("onnxfleet.worker.cli", "serve one ONNX model over HTTP (Flask, gunicorn, onnxruntime)"),
+    "orchestrator": ("onnxfleet.orchestrator.cli", "the fleet's queueing front door (aiohttp, one process)"),
+    "sim-backend": ("onnxfleet.simbackend", "fake model containers with a fixed service time (tests, bench)"),
+    "load": ("onnxfleet.load.cli", "send requests with K concurrent workers; summarise latency, errors"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (and configured), so one
+    command's import cost or breakage never reaches the others (the health check)."""
     parser = argparse.ArgumentParser(prog="onnxfleet", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"onnxfleet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        module.configure(command)
-        command.set_defaults(_run=module.run)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.configure(command_parser)
+            command_parser.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The top-level options take no value, so the first positional word is the command.
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     return int(args._run(args))
 
 

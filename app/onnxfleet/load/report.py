@@ -1,0 +1,161 @@
+"""What a load run found: the summary (dict and text), the JSON file, the latency histogram."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from onnxfleet.load.runner import Results
+
+PLOT_MISSING = "--histogram needs matplotlib: pip install 'onnxfleet[plot]'"
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending, non-empty sequence."""
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _spread(values: Sequence[float], keys: Sequence[str]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    named = {
+        "min": ordered[0],
+        "mean": sum(ordered) / len(ordered),
+        "max": ordered[-1],
+        **{key: percentile(ordered, float(key[1:])) for key in keys if key.startswith("p")},
+    }
+    return {key: round(named[key], 3) for key in keys}
+
+
+def _counts(values: Sequence[Any]) -> dict[str, int]:
+    return {str(key): count for key, count in sorted(Counter(values).items())}
+
+
+def summarize(results: Results) -> dict[str, Any]:
+    """Everything the text summary shows, JSON-ready (latencies in ms)."""
+    plan, records = results.plan, results.records
+    answered = [r for r in records if r.status is not None]
+    waits = [r.queue_wait_ms for r in answered if r.queue_wait_ms is not None]
+    duration = results.duration_s
+    return {
+        "target": plan.url,
+        "planned": {
+            "requests": plan.limit,
+            "duration_s": plan.duration,
+            "concurrency": plan.concurrency,
+            "rate_rps": plan.rate,
+            "timeout_s": plan.timeout,
+        },
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(results.started_at)),
+        "interrupted": results.interrupted,
+        "requests": len(records),
+        "succeeded": results.succeeded,
+        "failed": results.failed,
+        "duration_s": round(duration, 3),
+        "throughput_rps": round(len(records) / duration, 2) if duration > 0 else 0.0,
+        # only requests that got an answer: a timeout's "latency" is the timeout
+        "latency_ms": _spread(
+            [r.latency_s * 1000 for r in answered], ("min", "mean", "p50", "p90", "p99", "max")
+        ),
+        "queue_wait_ms": _spread(waits, ("p50", "p90", "p99", "max")),
+        "status_codes": _counts([r.status for r in answered]),
+        "errors": _counts([r.error for r in records if r.error]),
+        "containers": _counts([r.container for r in answered if r.container]),
+        "versions": _counts([r.version for r in answered if r.version]),
+    }
+
+
+def _shares(counts: dict[str, int]) -> list[str]:
+    total = sum(counts.values())
+    width = max(map(len, counts))
+    return [f"{name:<{width}}  {count:>7}  {100 * count / total:5.1f}%" for name, count in counts.items()]
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The human summary, one labelled line (or block) per figure."""
+    planned = summary["planned"]
+    lines = [
+        ("target", [summary["target"]]),
+        (
+            "requests",
+            [
+                f"{summary['requests']} in {summary['duration_s']:.3f} s with {planned['concurrency']}"
+                f" concurrent: {summary['succeeded']} succeeded, {summary['failed']} failed"
+                + (" (interrupted)" if summary["interrupted"] else "")
+            ],
+        ),
+        ("throughput", [f"{summary['throughput_rps']:.1f} requests/s"]),
+    ]
+    latency = summary["latency_ms"]
+    if latency:
+        lines.append(("latency ms", ["  ".join(f"{key} {value:.1f}" for key, value in latency.items())]))
+    waits = summary["queue_wait_ms"]
+    if waits:
+        lines.append(("queue wait ms", ["  ".join(f"{key} {value:.1f}" for key, value in waits.items())]))
+    for label, key in (("status codes", "status_codes"), ("errors", "errors")):
+        lines.append(
+            (label, ["  ".join(f"{name} x{count}" for name, count in summary[key].items()) or "none"])
+        )
+    for label, key in (("containers", "containers"), ("model versions", "versions")):
+        if summary[key]:
+            lines.append((label, _shares(summary[key])))
+    width = max(len(label) for label, _ in lines)
+    out: list[str] = []
+    for label, values in lines:
+        out.extend(f"{label if i == 0 else '':<{width}}  {value}".rstrip() for i, value in enumerate(values))
+    return "\n".join(out) + "\n"
+
+
+def write_json(results: Results, summary: dict[str, Any], path: str, with_requests: bool) -> None:
+    """``{"summary": ..., "requests": [...]}`` to ``path`` (``-``: stdout)."""
+    document: dict[str, Any] = {"summary": summary}
+    if with_requests:
+        document["requests"] = [record.to_json() for record in results.records]
+    text = json.dumps(document, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+    else:
+        Path(path).write_text(text)
+
+
+def require_matplotlib() -> None:
+    """Fail before the run, not after it, when the histogram cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(PLOT_MISSING) from exc
+
+
+def write_histogram(results: Results, summary: dict[str, Any], path: str) -> None:
+    """A PNG histogram of the answered requests' latencies, with p50/p90/p99 marked."""
+    from matplotlib.figure import Figure  # Figure alone: no pyplot state, no GUI backend
+
+    latencies = sorted(r.latency_s * 1000 for r in results.records if r.status is not None)
+    figure = Figure(figsize=(8, 4.5), dpi=100)
+    axes = figure.subplots()
+    if latencies:
+        axes.hist(latencies, bins=max(10, min(60, int(math.sqrt(len(latencies))) * 2)), color="#4c72b0")
+        for q, style in ((50, "-"), (90, "--"), (99, ":")):
+            value = percentile(latencies, q)
+            axes.axvline(value, color="#c44e52", linestyle=style, label=f"p{q} {value:.1f} ms")
+        axes.legend()
+    else:
+        axes.text(0.5, 0.5, "no request was answered", ha="center", va="center", transform=axes.transAxes)
+    axes.set_xlabel("latency (ms)")
+    axes.set_ylabel("requests")
+    axes.set_title(
+        f"{summary['target']}\n{summary['requests']} requests,"
+        f" {summary['planned']['concurrency']} concurrent, {summary['throughput_rps']:.1f} req/s,"
+        f" {summary['failed']} failed",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    figure.savefig(path, format="png")
