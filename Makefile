@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 PYTEST ?= pytest
 
-.PHONY: help setup lint test test-python demo image bench lock clean
+.PHONY: help setup lint test test-python demo image bench bench-worker lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,11 @@ test: setup lint test-python ## the whole suite (what CI runs)
 
 image: setup ## build the onnxfleet image (cached by content hash)
 	@scripts/image.py --archive-dir .cache/images
+
+bench-worker: setup ## one worker vs onnxruntime in-process (prints figures)
+	python bench/worker.py
+
+bench: bench-worker ## every benchmark (prints figures)
 
 lock: ## re-pin requirements/controller.txt and app/requirements.lock
 	scripts/lock.sh

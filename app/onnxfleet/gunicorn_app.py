@@ -7,13 +7,25 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+# gunicorn merges its own logging defaults into logconfig_dict (text handlers on
+# gunicorn.error, an access log on gunicorn.access): send its messages to our JSON root
+# handler (onnxfleet.logs) and drop its access lines; services log one JSON line per
+# request themselves.
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {},
+    "loggers": {
+        "gunicorn.error": {"handlers": [], "propagate": True},
+        "gunicorn.access": {"handlers": [], "propagate": False},
+    },
+}
 # Settings every onnxfleet service wants: heartbeat files in memory (the containers run
-# with a read-only root filesystem), no gunicorn access log (services log JSON
-# themselves), and a log config that leaves our JSON handler alone.
+# with a read-only root filesystem), no control socket file, our logging.
 BASE_OPTIONS: dict[str, Any] = {
     "worker_tmp_dir": "/dev/shm",
     "accesslog": None,
-    "logconfig_dict": {"version": 1, "disable_existing_loggers": False, "root": {}},
+    "logconfig_dict": LOGGING,
     "control_socket_disable": True,
 }
 

@@ -1,0 +1,1 @@
+"""`onnxfleet worker`: one ONNX model behind HTTP (Flask under gunicorn, onnxruntime)."""

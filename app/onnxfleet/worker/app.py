@@ -1,0 +1,346 @@
+"""The worker's Flask app: inference (``/run_model``, OIP v2), health, metrics.
+
+Runs inside one gunicorn ``gthread`` process. The model loads in a background thread so
+``/healthz`` answers at once and ``/readyz`` turns 200 only after the warm-up inference;
+a model that cannot load or warm up ends the process (exit 3 stops gunicorn).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+
+from onnxfleet import __version__
+from onnxfleet.worker import protocol
+from onnxfleet.worker.errors import ApiError, InputError
+from onnxfleet.worker.gate import InferenceGate
+from onnxfleet.worker.metrics import WorkerMetrics
+from onnxfleet.worker.model import Model, ModelError
+from onnxfleet.worker.settings import WorkerSettings
+
+log = logging.getLogger("onnxfleet.worker")
+access_log = logging.getLogger("onnxfleet.worker.access")
+
+WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts when a worker exits with this code
+# A body over --max-body-bytes is read and discarded up to this many bytes, so that a
+# client still sending it reads the 413 instead of a reset connection; beyond, gunicorn
+# closes the connection.
+DISCARD_LIMIT = 16 << 20
+
+
+def exit_boot_error() -> None:
+    logging.shutdown()
+    os._exit(WORKER_BOOT_ERROR)
+
+
+class ModelHolder:
+    """The model once it is loaded and warmed up, and the state on the way there."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.model: Model | None = None
+        self.state = "loading"
+        self.error: str | None = None
+
+    def is_ready(self) -> bool:
+        return self.model is not None
+
+    def load(self, metrics: WorkerMetrics, on_failure: Callable[[], None]) -> None:
+        s = self.settings
+        try:
+            started = time.perf_counter()
+            model = Model(s.model_path, s.intra_op_threads)
+            loaded = time.perf_counter()
+            self.state = "warming up"
+            warm_up = model.warm_up()
+        except Exception as exc:  # whatever it is, a worker without its model must stop
+            self.state, self.error = "failed", str(exc)
+            log.error(
+                "model %s cannot be served: %s",
+                s.model_path,
+                exc,
+                exc_info=not isinstance(exc, ModelError),
+            )
+            on_failure()
+            return
+        metrics.warm_up_seconds.set(warm_up)
+        self.model, self.state = model, "ready"
+        log.info(
+            "model ready",
+            extra={
+                "model": s.model_name,
+                "model_version": s.model_version,
+                "load_ms": round((loaded - started) * 1000, 1),
+                "warm_up_ms": round(warm_up * 1000, 1),
+                "intra_op_threads": s.intra_op_threads,
+                "signature": model.signature(),
+            },
+        )
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # allow_nan=False: what we send is strict JSON (tensors.to_json turns NaN into null).
+    text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+    return Response(text, status, headers, mimetype="application/json")
+
+
+def read_body(limit: int) -> bytes:
+    """The raw body, at most ``limit`` bytes: 413 beyond, announced by Content-Length or
+    not (chunked). Read from gunicorn's stream directly: werkzeug's max_content_length
+    stream silently truncates a chunked body at the limit instead of refusing it."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise RequestEntityTooLarge()
+    stream = request.environ["wsgi.input"]
+    parts, size = [], 0
+    try:
+        while chunk := stream.read(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise RequestEntityTooLarge()
+            parts.append(chunk)
+    except RequestEntityTooLarge:
+        raise
+    except Exception as exc:  # gunicorn's parse errors on a malformed chunk, a disconnect
+        raise ApiError("unreadable body", f"the request body could not be read: {exc!r}") from None
+    return b"".join(parts)
+
+
+def read_json(limit: int) -> Any:
+    """The request body as JSON: 415 unless it says it is JSON, 413 over ``limit``,
+    400 when it does not parse."""
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise ApiError(
+            "unsupported media type",
+            "send the body as JSON with Content-Type: application/json "
+            f"(got {request.content_type or 'none'})",
+            status=415,
+        )
+    raw = read_body(limit)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ApiError("invalid JSON", "the body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
+        raise ApiError("invalid JSON", f"the body is not valid JSON: {exc}") from None
+
+
+def discard_body() -> None:
+    stream = request.environ["wsgi.input"]
+    left = DISCARD_LIMIT
+    try:
+        while left > 0 and (chunk := stream.read(min(left, 1 << 16))):
+            left -= len(chunk)
+    except Exception:  # the client went away or sent a malformed chunk:
+        pass  # gunicorn closes the connection, the 413 still goes out
+
+
+class Views:
+    def __init__(
+        self, settings: WorkerSettings, holder: ModelHolder, gate: InferenceGate, metrics: WorkerMetrics
+    ) -> None:
+        self.s = settings
+        self.holder = holder
+        self.gate = gate
+        self.metrics = metrics
+
+    def register(self, app: Flask) -> None:
+        route = app.add_url_rule
+        route("/healthz", "healthz", self.live)
+        route("/v2/health/live", "v2_live", self.live)
+        route("/readyz", "readyz", self.ready)
+        route("/v2/health/ready", "v2_ready", self.ready)
+        route("/metrics", "metrics", self.render_metrics)
+        route("/run_model", "run_model", self.run_model, methods=["POST"])
+        route("/v2", "v2_server", self.v2_server)
+        for prefix in ("/v2/models/<name>", "/v2/models/<name>/versions/<version>"):
+            route(prefix, f"v2_model{prefix.count('/')}", self.v2_model)
+            route(f"{prefix}/ready", f"v2_model_ready{prefix.count('/')}", self.v2_model_ready)
+            route(f"{prefix}/infer", f"v2_infer{prefix.count('/')}", self.v2_infer, methods=["POST"])
+        app.before_request(self.before)
+        app.after_request(self.after)
+        app.register_error_handler(ApiError, self.api_error)
+        app.register_error_handler(HTTPException, self.http_error)
+        app.register_error_handler(Exception, self.unexpected_error)
+
+    # --- per request ----------------------------------------------------------------
+    def before(self) -> None:
+        g.started = time.perf_counter()
+        g.inference_ms = None
+        g.batch = None
+
+    def after(self, response: Response) -> Response:
+        response.headers["X-Model-Version"] = self.s.model_version
+        response.headers["X-Container"] = self.s.container
+        request_id = request.headers.get("X-Request-Id")
+        if request_id:
+            response.headers["X-Request-Id"] = request_id
+        seconds = time.perf_counter() - getattr(g, "started", time.perf_counter())
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        self.metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        self.metrics.request_seconds.labels(endpoint).observe(seconds)
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round(seconds * 1000, 2),
+                "inference_ms": getattr(g, "inference_ms", None),
+                "batch": getattr(g, "batch", None),
+                "container": self.s.container,
+                "model_version": self.s.model_version,
+                "request_id": request_id,
+                "client": request.remote_addr,
+            },
+        )
+        return response
+
+    # --- errors ---------------------------------------------------------------------
+    def api_error(self, exc: ApiError) -> Response:
+        body = exc.body()
+        if isinstance(exc, InputError) and self.holder.model is not None:
+            body.setdefault("expected", self.holder.model.signature())
+        return json_response(body, exc.status, exc.headers)
+
+    def http_error(self, exc: HTTPException) -> Response:
+        status = exc.code or 500
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        if isinstance(exc, RequestEntityTooLarge):
+            detail = f"the body is larger than {self.s.max_body_bytes} bytes (--max-body-bytes)"
+            discard_body()
+        elif isinstance(exc, NotFound):
+            detail = f"no route {request.path}; see /v2 or docs/worker.md for the endpoints"
+        elif isinstance(exc, MethodNotAllowed):
+            detail = (
+                f"{request.method} is not allowed on {request.path}; use {', '.join(exc.valid_methods or [])}"
+            )
+        else:
+            detail = exc.description or ""
+        error = "payload too large" if status == 413 else (exc.name or "error").lower()
+        return json_response({"error": error, "detail": detail}, status, headers)
+
+    def unexpected_error(self, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return json_response({"error": "internal error", "detail": "see the worker's log"}, 500)
+
+    # --- health and metrics (never wait for an inference slot) -----------------------
+    def live(self) -> Response:
+        return json_response({"live": True, "container": self.s.container})
+
+    def ready(self) -> Response:
+        body = {
+            "ready": self.holder.is_ready(),
+            "state": self.holder.state,
+            "model": self.s.model_name,
+            "version": self.s.model_version,
+            "sha256": self.s.model_sha256,
+            "container": self.s.container,
+            "max_concurrency": self.s.max_concurrency,
+            "intra_op_threads": self.s.intra_op_threads,
+        }
+        if self.holder.error:
+            body["detail"] = self.holder.error
+        return json_response(body, 200 if body["ready"] else 503)
+
+    def render_metrics(self) -> Response:
+        payload, content_type = self.metrics.render()
+        return Response(payload, 200, content_type=content_type)
+
+    # --- inference ------------------------------------------------------------------
+    def ready_model(self) -> Model:
+        model = self.holder.model
+        if model is None:
+            raise ApiError(
+                "not ready", f"the model is {self.holder.state}", status=503, headers={"Retry-After": "1"}
+            )
+        return model
+
+    def infer(
+        self, parse: Callable[[Any, Model], protocol.Inference]
+    ) -> tuple[protocol.Inference, dict[str, np.ndarray]]:
+        model = self.ready_model()
+        with self.gate.admit():
+            inference = parse(read_json(self.s.max_body_bytes), model)
+            g.batch = inference.batch
+            waiting_since = time.perf_counter()
+            with self.gate.slot():
+                started = time.perf_counter()
+                outputs = model.run(inference.feeds, inference.outputs)
+                seconds = time.perf_counter() - started
+        self.metrics.queue_seconds.observe(started - waiting_since)
+        self.metrics.inference_seconds.observe(seconds)
+        self.metrics.batch_size.observe(inference.batch)
+        g.inference_ms = round(seconds * 1000, 3)
+        return inference, outputs
+
+    def run_model(self) -> Response:
+        _, outputs = self.infer(protocol.run_model_request)
+        s = self.s
+        return json_response(protocol.run_model_answer(outputs, s.model_name, s.model_version, s.container))
+
+    def check_model(self, name: str, version: str | None) -> None:
+        if name != self.s.model_name or (version is not None and version != self.s.model_version):
+            asked = name if version is None else f"{name} version {version}"
+            raise ApiError(
+                "model not found",
+                f"this worker serves {self.s.model_name!r} version {self.s.model_version!r}, not {asked!r}",
+                status=404,
+            )
+
+    def v2_server(self) -> Response:
+        return json_response({"name": "onnxfleet", "version": __version__, "extensions": []})
+
+    def v2_model(self, name: str, version: str | None = None) -> Response:
+        self.check_model(name, version)
+        return json_response(
+            protocol.v2_metadata(self.ready_model(), self.s.model_name, self.s.model_version)
+        )
+
+    def v2_model_ready(self, name: str, version: str | None = None) -> Response:
+        self.check_model(name, version)
+        ready = self.holder.is_ready()
+        return json_response({"name": name, "ready": ready}, 200 if ready else 503)
+
+    def v2_infer(self, name: str, version: str | None = None) -> Response:
+        self.check_model(name, version)
+        inference, outputs = self.infer(protocol.v2_request)
+        s = self.s
+        return json_response(
+            protocol.v2_answer(outputs, inference, s.model_name, s.model_version, s.container)
+        )
+
+
+def create_app(settings: WorkerSettings, on_load_failure: Callable[[], None] = exit_boot_error) -> Flask:
+    """The app; the model starts loading in a background thread at once."""
+    app = Flask("onnxfleet.worker")
+    gate = InferenceGate(settings.max_concurrency, settings.max_waiting)
+    holder = ModelHolder(settings)
+    metrics = WorkerMetrics(gate, holder.is_ready)
+    metrics.model.info(
+        {
+            "name": settings.model_name,
+            "version": settings.model_version,
+            "sha256": settings.model_sha256,
+            "container": settings.container,
+            "intra_op_threads": str(settings.intra_op_threads),
+        }
+    )
+    Views(settings, holder, gate, metrics).register(app)
+    threading.Thread(
+        target=holder.load, args=(metrics, on_load_failure), name="model-loader", daemon=True
+    ).start()
+    return app
