@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make setup: everything the controller needs, idempotent and quick when already done.
-#   1. system packages (docker.io, debootstrap, haproxy, chromium) where missing
+#   1. system packages (docker.io, debootstrap, haproxy, chromium, wrk) where missing
 #   2. a running Docker engine (starts Debian's dockerd where none answers)
 #   3. the controller venv .venv/ (Python >= 3.12) with pinned dependencies
 #   4. the collection link so `onnxfleet.serving.*` resolves from this checkout
@@ -17,7 +17,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- 1. system packages -------------------------------------------------------------
 need_pkgs=()
-for pkg in docker.io debootstrap haproxy chromium; do
+for pkg in docker.io debootstrap haproxy chromium wrk; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

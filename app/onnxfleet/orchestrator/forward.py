@@ -1,0 +1,56 @@
+"""What is forwarded: the request bytes sent to a container, the headers sent back."""
+
+from __future__ import annotations
+
+from onnxfleet.orchestrator.upstream import Response
+
+# Not forwarded either way: connection management, framing, our own credentials, and the
+# headers the orchestrator sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"expect",
+        b"authorization",
+        b"date",
+        b"server",
+        b"x-container",
+        b"x-queue-wait-ms",
+    }
+)
+
+
+def request_bytes(path: str, raw_headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> bytes:
+    """The complete HTTP/1.1 request for a container: the client's headers, our framing.
+
+    The client's Host is passed through (as HAProxy does), so the bytes do not depend on
+    the container and are built once, before the request even has a slot.
+    """
+    parts = [b"POST ", path.encode(), b" HTTP/1.1\r\n"]
+    has_host = False
+    for name, value in raw_headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            continue
+        has_host = has_host or lower == b"host"
+        parts += (name, b": ", value, b"\r\n")
+    if not has_host:
+        parts.append(b"Host: onnxfleet\r\n")
+    parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+    parts.append(body)
+    return b"".join(parts)
+
+
+_DROP = frozenset(name.decode() for name in HOP_BY_HOP)
+
+
+def response_headers(response: Response) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in response.headers if k.lower() not in _DROP]

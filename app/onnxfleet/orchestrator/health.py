@@ -1,0 +1,74 @@
+"""Active readiness checks: ``GET <health.path>`` on every container, on its own connection.
+
+The checks never share a connection or a slot with inference, so a container whose slots
+are all busy is still seen alive (busy is not dead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from onnxfleet.orchestrator.dispatch import Container, Dispatcher
+from onnxfleet.orchestrator.routes import HealthSpec
+from onnxfleet.orchestrator.upstream import Pool, UpstreamError
+
+log = logging.getLogger("onnxfleet.orchestrator.health")
+
+
+class HealthChecker:
+    def __init__(self, dispatcher: Dispatcher, spec: HealthSpec) -> None:
+        self.dispatcher = dispatcher
+        self.spec = spec
+        self.tasks: dict[Container, asyncio.Task[None]] = {}
+
+    def sync(self, spec: HealthSpec | None = None) -> None:
+        """Start checks for new containers; restart them all when the settings changed."""
+        if spec is not None and spec != self.spec:
+            self.spec = spec
+            for task in self.tasks.values():
+                task.cancel()
+            self.tasks.clear()
+        for c in self.dispatcher.containers:
+            if c not in self.tasks:
+                self.tasks[c] = asyncio.get_running_loop().create_task(self._loop(c))
+
+    async def _loop(self, c: Container) -> None:
+        spec = self.spec
+        pool = Pool(c.spec.host, c.spec.port, max_idle=1, connect_timeout=spec.timeout_s)
+        request = f"GET {spec.path} HTTP/1.1\r\nHost: {c.spec.host}:{c.spec.port}\r\n\r\n".encode()
+        try:
+            while c in self.dispatcher.containers:
+                error: str | None = None
+                try:
+                    response = await pool.request(request, spec.timeout_s)
+                    if response.status != 200:
+                        error = f"{spec.path} answered {response.status}"
+                except UpstreamError as exc:
+                    error = f"{spec.path}: {exc}"
+                except Exception as exc:  # a bug must not stop the checks of this container
+                    log.exception("health check of %s failed", c.name)
+                    error = f"{spec.path}: {exc!r}"
+                was_healthy = c.healthy
+                self.dispatcher.mark_health(c, error is None, spec.rise, spec.fall, error)
+                if c.healthy != was_healthy:
+                    log.info(
+                        "container %s is %s",
+                        c.name,
+                        "up" if c.healthy else "down",
+                        extra={"container": c.name, "error": error},
+                    )
+                await asyncio.sleep(spec.interval_s)
+        finally:
+            pool.close()
+            if self.tasks.get(c) is asyncio.current_task():
+                del self.tasks[c]
+
+    async def close(self) -> None:
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,305 @@
+"""`onnxfleet sim-backend`: fake model containers with a fixed service time.
+
+One lean asyncio process (raw protocols, minimal HTTP/1.1 keep-alive parsing) serves
+several ports; each port behaves like one model container: ``POST /run_model`` and
+``POST /v2/models/{name}/infer`` answer after ``--service-ms``, ``GET /readyz`` answers at
+once. Tests and benchmarks read what each port saw (``GET /stats``: requests served, the
+highest concurrency observed, the arrival order of ``X-Request-Id``) and switch ports into
+failure modes (``POST /admin/mode``): ``ok``, ``fail`` (500), ``refuse`` (listener closed,
+connections reset), ``drop`` (connection closed on each inference request, no answer),
+``hang`` (never answers), ``unready`` (``/readyz`` 503). ``service_ms`` in the same body
+makes a port slow. A ``--control`` port (not a container) reaches every port by number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from typing import Any
+
+MODES = ("ok", "fail", "refuse", "drop", "hang", "unready")
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        type=_address,
+        action="append",
+        required=True,
+        metavar="HOST:PORT",
+        help="one fake container per address (repeat)",
+    )
+    parser.add_argument(
+        "--control", type=_address, metavar="HOST:PORT", help="control port for all containers"
+    )
+    parser.add_argument("--service-ms", type=float, default=5.0, help="service time (default: %(default)s)")
+    parser.add_argument("--model-version", default="sim-1", help="X-Model-Version (default: %(default)s)")
+
+
+def _response(status: int, payload: Any, extra: bytes = b"") -> bytes:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+        % (status, _REASONS.get(status, "").encode(), len(body), extra)
+    ) + body
+
+
+class Port:
+    """One fake container."""
+
+    def __init__(self, host: str, port: int, service_ms: float, version: str) -> None:
+        self.host, self.port = host, port
+        self.name = f"sim-{port}"
+        self.service_ms = service_ms
+        self.version = version
+        self.mode = "ok"
+        self.server: asyncio.Server | None = None
+        self.connections: set[_Conn] = set()
+        self.reset()
+        self.headers = b"X-Model-Version: %s\r\nX-Container: %s\r\n" % (version.encode(), self.name.encode())
+
+    def reset(self) -> None:
+        self.received = 0
+        self.served = 0
+        self.inflight = 0
+        self.max_inflight = 0
+        self.order: list[str] = []
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "port": self.port,
+            "mode": self.mode,
+            "service_ms": self.service_ms,
+            "received": self.received,
+            "served": self.served,
+            "in_flight": self.inflight,
+            "max_in_flight": self.max_inflight,
+            "order": self.order,
+        }
+
+    async def open(self) -> None:
+        if self.server is None:
+            loop = asyncio.get_running_loop()
+            self.server = await loop.create_server(
+                lambda: _Conn(self, ports=None), self.host, self.port, reuse_address=True
+            )
+
+    def shut(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for conn in list(self.connections):
+            conn.abort()
+
+    async def set_mode(self, mode: str, service_ms: float | None) -> None:
+        if service_ms is not None:
+            self.service_ms = service_ms
+        self.mode = mode
+        if mode == "refuse":
+            self.shut()
+        else:
+            await self.open()
+
+
+class _Conn(asyncio.Protocol):
+    """One HTTP/1.1 connection: requests are answered in order, one at a time."""
+
+    def __init__(self, port: Port | None, ports: dict[int, Port] | None) -> None:
+        self.port = port
+        self.ports = ports  # set on the control port
+        self.buf = bytearray()
+        self.busy = False
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        if self.port is not None:
+            self.port.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.port is not None:
+            self.port.connections.discard(self)
+            if self.busy:
+                self.port.inflight -= 1
+                self.busy = False
+        self.transport = None
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._next()
+
+    def _next(self) -> None:
+        while not self.busy and self.transport is not None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            parts = head[0].split(" ")
+            headers = {}
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length", "0") or 0)
+            if len(self.buf) < end + 4 + length:
+                return
+            body = bytes(self.buf[end + 4 : end + 4 + length])
+            del self.buf[: end + 4 + length]
+            if len(parts) < 3:
+                self.transport.write(_response(400, {"error": "bad request line"}))
+                self.transport.close()
+                return
+            self._handle(parts[0], parts[1], headers, body)
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        path = path.split("?", 1)[0]
+        port = self.port
+        if self.ports is not None:  # control port
+            self._control(method, path, body)
+            return
+        assert port is not None
+        if method == "POST" and (
+            path == "/run_model" or (path.startswith("/v2/models/") and path.endswith("/infer"))
+        ):
+            self._infer(port, path, headers, body)
+        elif path in ("/readyz", "/healthz"):
+            ready = port.mode != "unready" or path == "/healthz"
+            self._send(_response(200 if ready else 503, {"status": "ready" if ready else "unready"}))
+        elif path in ("/stats", "/admin/mode", "/admin/reset"):
+            self._admin(method, path, body, [port])
+        else:
+            self._send(_response(404, {"error": "not_found", "detail": path}))
+
+    def _infer(self, port: Port, path: str, headers: dict[str, str], body: bytes) -> None:
+        port.received += 1
+        request_id = headers.get("x-request-id", "")
+        port.order.append(request_id)
+        if port.mode == "drop":
+            self.abort()
+            return
+        self.busy = True
+        port.inflight += 1
+        port.max_inflight = max(port.max_inflight, port.inflight)
+        if port.mode == "hang":
+            return
+        status = 500 if port.mode == "fail" else 200
+        payload = {
+            "container": port.name,
+            "version": port.version,
+            "id": request_id,
+            "path": path,
+            "content_type": headers.get("content-type"),
+            "bytes": len(body),
+        }
+        data = _response(status, payload, port.headers)
+        self.loop.call_later(port.service_ms / 1000.0, self._finish, port, data)
+
+    def _finish(self, port: Port, data: bytes) -> None:
+        if not self.busy:
+            return  # the connection was lost meanwhile
+        self.busy = False
+        port.inflight -= 1
+        port.served += 1
+        self._send(data)
+        self._next()
+
+    def _control(self, method: str, path: str, body: bytes) -> None:
+        assert self.ports is not None
+        try:
+            target = json.loads(body).get("port") if body else None
+        except (ValueError, AttributeError):
+            target = None
+        ports = (
+            list(self.ports.values())
+            if target is None
+            else [self.ports[target]]
+            if target in self.ports
+            else []
+        )
+        if not ports:
+            self._send(_response(404, {"error": "unknown port", "detail": target}))
+            return
+        self._admin(method, path, body, ports)
+
+    def _admin(self, method: str, path: str, body: bytes, ports: list[Port]) -> None:
+        if path == "/stats":
+            result: Any = (
+                {str(p.port): p.stats() for p in ports} if self.ports is not None else ports[0].stats()
+            )
+            self._send(_response(200, result))
+        elif method == "POST" and path == "/admin/reset":
+            for p in ports:
+                p.reset()
+            self._send(_response(200, {"reset": [p.port for p in ports]}))
+        elif method == "POST" and path == "/admin/mode":
+            try:
+                request = json.loads(body)
+                mode = request.get("mode", "ok")
+                service_ms = request.get("service_ms")
+                if mode not in MODES:
+                    raise ValueError(mode)
+            except (ValueError, AttributeError):
+                self._send(
+                    _response(400, {"error": "bad_request", "detail": f"expected {{'mode': one of {MODES}}}"})
+                )
+                return
+            self.busy = True  # answer only once the listener state has changed
+            self.loop.create_task(self._set_modes(ports, mode, service_ms))
+        else:
+            self._send(_response(404, {"error": "not_found", "detail": path}))
+
+    async def _set_modes(self, ports: list[Port], mode: str, service_ms: float | None) -> None:
+        for p in ports:
+            await p.set_mode(mode, service_ms)
+        self.busy = False
+        self._send(_response(200, {"mode": mode, "ports": [p.port for p in ports]}))
+        self._next()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    ports = {port: Port(host, port, args.service_ms, args.model_version) for host, port in args.listen}
+    for p in ports.values():
+        await p.open()
+    if args.control is not None:
+        host, port = args.control
+        await asyncio.get_running_loop().create_server(
+            lambda: _Conn(None, ports), host, port, reuse_address=True
+        )
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_main(args))
+    else:
+        uvloop.run(_main(args))
+    return 0

@@ -1,0 +1,144 @@
+"""Helpers for the orchestrator tests: a sim-backend fleet, orchestrators, HTTP calls."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from support import Service, free_port
+
+
+def call(
+    url: str,
+    method: str = "GET",
+    body: bytes | dict | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 15.0,
+) -> tuple[int, dict[str, str], Any]:
+    """(status, headers, JSON body or text) of one HTTP call; never raises on 4xx/5xx."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None and "Content-Type" not in (headers or {}):
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, got, raw = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        status, got, raw = exc.code, dict(exc.headers), exc.read()
+    try:
+        return status, got, json.loads(raw)
+    except ValueError:
+        return status, got, raw.decode(errors="replace")
+
+
+class SimFleet:
+    """One sim-backend process: ``size`` fake containers and a control port."""
+
+    def __init__(self, size: int, service_ms: float) -> None:
+        self.ports = [free_port() for _ in range(size)]
+        self.control = free_port()
+        self.service_ms = service_ms
+        listen = [arg for port in self.ports for arg in ("--listen", f"127.0.0.1:{port}")]
+        self.service = Service(
+            [
+                "sim-backend",
+                *listen,
+                "--control",
+                f"127.0.0.1:{self.control}",
+                "--service-ms",
+                str(service_ms),
+            ],
+            self.control,
+            ready_path="/stats",
+        )
+
+    def url(self, index: int) -> str:
+        return f"http://127.0.0.1:{self.ports[index]}"
+
+    def _control(self, path: str, body: dict | None = None) -> Any:
+        status, _, answer = call(f"http://127.0.0.1:{self.control}{path}", "POST" if body else "GET", body)
+        assert status == 200, answer
+        return answer
+
+    def stats(self, index: int) -> dict[str, Any]:
+        return self._control("/stats", None)[str(self.ports[index])]
+
+    def mode(self, index: int, mode: str, service_ms: float | None = None) -> None:
+        body: dict[str, Any] = {"port": self.ports[index], "mode": mode}
+        if service_ms is not None:
+            body["service_ms"] = service_ms
+        self._control("/admin/mode", body)
+
+    def reset(self) -> None:
+        for index in range(len(self.ports)):
+            self.mode(index, "ok", self.service_ms)
+        self._control("/admin/reset", {"all": True})
+
+
+def routes(
+    path: Path,
+    containers: Sequence[tuple[str, str, str] | tuple[str, str, str, int]],
+    queue: dict | None = None,
+    health: dict | None = None,
+) -> Path:
+    """Write a routing table: containers as (name, url, node[, max_concurrency])."""
+    table: dict[str, Any] = {
+        "containers": [
+            {"name": c[0], "url": c[1], "node": c[2], **({"max_concurrency": c[3]} if len(c) > 3 else {})}
+            for c in containers
+        ],
+        "health": {"interval_s": 0.2, "timeout_s": 0.5, "fall": 2, "rise": 2, **(health or {})},
+    }
+    if queue is not None:
+        table["queue"] = queue
+    path.write_text(json.dumps(table))
+    return path
+
+
+@contextmanager
+def orchestrator(routes_file: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Service]:
+    port = free_port()
+    with Service(
+        ["orchestrator", "--routes", str(routes_file), "--bind", f"127.0.0.1:{port}", *args], port, env=env
+    ) as service:
+        yield service
+
+
+def status(service: Service) -> dict[str, Any]:
+    code, _, body = call(service.url + "/status")
+    assert code == 200
+    return body
+
+
+def container_state(service: Service, name: str) -> dict[str, Any] | None:
+    return next((c for c in status(service)["containers"] if c["name"] == name), None)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def raw_request(
+    port: int, path: str = "/run_model", request_id: str = "", body: bytes = b"{}"
+) -> socket.socket:
+    """Send one POST on a raw socket and return the socket (to read or to drop)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nX-Request-Id: {request_id}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
