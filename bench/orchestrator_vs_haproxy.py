@@ -190,6 +190,7 @@ def main() -> int:
     for tool in ("wrk", "haproxy"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: make setup installs it (apt-get install {tool})")
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="onnxfleet-bench-"))
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
@@ -201,7 +202,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"{CONTAINERS} sim containers, wrk -t1 -c{args.connections}, best of {args.rounds} alternating "
-        f"{args.duration}s runs, orchestrator access log {'on' if args.access_log else 'off'}"
+        f"{args.duration}s runs, orchestrator access log {'on' if args.access_log else 'off'}, "
+        f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
     columns = ("req/s", "effic.", "p50 ms", "p99 ms", "errors", "CPU µs/req", "vs HAProxy")
     widths = (9, 7, 8, 8, 6, 10, 10)

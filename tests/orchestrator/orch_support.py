@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,21 @@ def call(
     body: bytes | dict | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 15.0,
-) -> tuple[int, dict[str, str], Any]:
-    """(status, headers, JSON body or text) of one HTTP call; never raises on 4xx/5xx."""
+) -> tuple[int, Message, Any]:
+    """(status, headers, JSON body or text) of one HTTP call; never raises on 4xx/5xx.
+
+    The headers are looked up case-insensitively (a missing one is None), as HTTP says:
+    the server sends the names in lowercase.
+    """
     data = json.dumps(body).encode() if isinstance(body, dict) else body
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None and "Content-Type" not in (headers or {}):
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, got, raw = response.status, dict(response.headers), response.read()
+            status, got, raw = response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
-        status, got, raw = exc.code, dict(exc.headers), exc.read()
+        status, got, raw = exc.code, exc.headers, exc.read()
     try:
         return status, got, json.loads(raw)
     except ValueError:

@@ -49,7 +49,7 @@ SPECS = [
     ContainerSpec("b/0", "http://b:1", "b", "b", 1, 2),
     ContainerSpec("c/0", "http://c:1", "c", "c", 1, 1),
 ]
-OK = Response(200, [("X-Model-Version", "7")], b"{}", True)
+OK = Response(200, [(b"X-Model-Version", b"7")], b"{}", True)
 
 events = st.lists(
     st.tuples(

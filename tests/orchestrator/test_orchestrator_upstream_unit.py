@@ -93,6 +93,11 @@ def test_body_until_close_and_interim_answers() -> None:
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", BadResponse),
         (b"SMTP ready\r\n\r\n", BadResponse),
         (b"HTTP/1.1 200 OK\r\n: empty\r\n\r\n", BadResponse),
+        # what the orchestrator could not pass on to its client
+        (b"HTTP/1.1 700 Odd\r\nContent-Length: 0\r\n\r\n", BadResponse),
+        (b"HTTP/1.1 200 OK\r\nBad(Name): x\r\nContent-Length: 0\r\n\r\n", BadResponse),
+        (b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 0\r\n\r\n", BadResponse),
+        (b"HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\nContent-Length: 0\r\n\r\n", BadResponse),
     ],
 )
 def test_broken_answers(answer: bytes | None, error: type[Exception]) -> None:
@@ -122,4 +127,8 @@ def test_head_parsing_keeps_headers_in_order() -> None:
         b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2"
     )
     assert (status, length, chunked, keep_alive) == (201, 2, False, False)
-    assert headers == [("Content-Type", "application/json"), ("Connection", "close"), ("Content-Length", "2")]
+    assert headers == [
+        (b"Content-Type", b"application/json"),
+        (b"Connection", b"close"),
+        (b"Content-Length", b"2"),
+    ]

@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, authentication, answers, logs."""
+"""The orchestrator's HTTP application: routes, authentication, answers, logs."""
 
 from __future__ import annotations
 
@@ -6,18 +6,27 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import json
 import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from onnxfleet.orchestrator.asgi import (
+    App,
+    HTTPError,
+    Reply,
+    Request,
+    Router,
+    error_reply,
+    json_reply,
+)
+from onnxfleet.orchestrator.disconnects import DisconnectWatch
 from onnxfleet.orchestrator.dispatch import Container, Dispatcher, Exchange, Rejected
 from onnxfleet.orchestrator.forward import request_bytes, response_headers
 from onnxfleet.orchestrator.health import HealthChecker
@@ -30,9 +39,8 @@ access_log = logging.getLogger("onnxfleet.orchestrator.access")
 log = logging.getLogger("onnxfleet.orchestrator")
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
+_DEADLINE = DEADLINE_HEADER.lower().encode()
 HISTORY_SECONDS = 300
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -49,24 +57,20 @@ class Settings:
     access_log: bool = True
 
 
-def error_response(
-    status: int, error: str, reason: str, retry_after: int | None = None, **extra: Any
-) -> web.Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    body = {"error": error, "reason": reason, **extra}
-    return web.json_response(body, status=status, headers=headers)
+def _credentials(token: str | None) -> bytes | None:
+    return f"Bearer {token}".encode() if token is not None else None
 
 
-class Unauthorized(Exception):
-    pass
-
-
-def _check_token(request: web.Request, token: str | None) -> None:
-    if token is None:
+def _check_token(request: Request, expected: bytes | None) -> None:
+    if expected is None:
         return
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise Unauthorized
+    if not hmac.compare_digest(request.header(b"authorization") or b"", expected):
+        raise HTTPError(
+            401,
+            "unauthorized",
+            "expected Authorization: Bearer <token>",
+            [(b"www-authenticate", b"Bearer")],
+        )
 
 
 class Orchestrator:
@@ -77,6 +81,9 @@ class Orchestrator:
         self.metrics = Metrics(self.dispatcher)
         self.health = HealthChecker(self.dispatcher, table.health)
         self.jobs = JobStore(settings.job_ttl_s, settings.max_jobs)
+        self.api_credentials = _credentials(settings.api_token)
+        self.admin_credentials = _credentials(settings.admin_token)
+        self.disconnects = DisconnectWatch(self.dispatcher)
         self.started = time.time()
         self.answered: dict[int, int] = {}
         # per-second history for the dashboard: [t, answers, errors, sum of latency s, depth]
@@ -85,7 +92,7 @@ class Orchestrator:
         self._ticker: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
-    async def start(self, _app: web.Application) -> None:
+    async def start(self) -> None:
         # Each request allocates a few hundred short-lived objects: with the default
         # thresholds the cyclic GC runs every few requests and its full passes walk every
         # long-lived object too. Freezing what exists after start and collecting the
@@ -99,10 +106,11 @@ class Orchestrator:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._sighup)
 
-    async def stop(self, _app: web.Application) -> None:
+    async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
         await self.health.close()
+        await self.disconnects.close()
         for c in self.dispatcher.containers:
             c.pool.close()
 
@@ -149,8 +157,8 @@ class Orchestrator:
             second[2] += 1
 
     def _reply(
-        self, request: web.Request, ex: Exchange, response: Response | None, error: Rejected | None
-    ) -> web.Response:
+        self, request: Request, ex: Exchange, response: Response | None, error: Rejected | None
+    ) -> Reply:
         status = response.status if response is not None else error.status if error is not None else 500
         self._record(status, ex.arrived)
         wait_ms = ex.waited * 1000.0
@@ -158,15 +166,15 @@ class Orchestrator:
         if response is not None:
             self.metrics.queue_wait.observe(ex.waited)
             headers = response_headers(response)
-            headers.append(("X-Container", container or ""))
-            headers.append(("X-Queue-Wait-Ms", "%.3f" % wait_ms))
-            reply = web.Response(status=status, body=response.body, headers=headers)
+            headers.append((b"x-container", (container or "").encode()))
+            headers.append((b"x-queue-wait-ms", b"%.3f" % wait_ms))
+            reply = Reply(status, response.body, headers)
         else:
             assert error is not None
-            reply = error_response(status, error.error, error.reason, error.retry_after)
+            reply = error_reply(status, error.error, error.reason, error.retry_after)
             if container is not None:
-                reply.headers["X-Container"] = container
-            reply.headers["X-Queue-Wait-Ms"] = "%.3f" % wait_ms
+                reply.headers.append((b"x-container", container.encode()))
+            reply.headers.append((b"x-queue-wait-ms", b"%.3f" % wait_ms))
         if self.settings.access_log:
             access_log.info(
                 "%s %s %d",
@@ -186,12 +194,13 @@ class Orchestrator:
             )
         return reply
 
-    def _deadline(self, request: web.Request) -> float | None:
-        raw = request.headers.get(DEADLINE_HEADER)
-        if raw is None:
+    def _deadline(self, request: Request) -> float | None:
+        value = request.header(_DEADLINE)
+        if value is None:
             return None
+        raw = value.decode("latin-1")
         if not raw.strip().isdigit() or not 0 < int(raw) <= 86_400_000:
-            raise ClientError(
+            raise HTTPError(
                 400,
                 "bad_request",
                 f"{DEADLINE_HEADER}: expected a whole number of milliseconds between 1 and 86400000, "
@@ -199,49 +208,55 @@ class Orchestrator:
             )
         return time.monotonic() + int(raw) / 1000.0
 
-    async def _exchange(self, request: web.Request, path: str) -> Exchange:
-        _check_token(request, self.settings.api_token)
+    async def _exchange(self, request: Request, path: bytes) -> Exchange:
+        _check_token(request, self.api_credentials)
         deadline = self._deadline(request)
-        body = await request.read()
-        return Exchange(request_bytes(path, request.raw_headers, body), deadline, asyncio.get_running_loop())
+        body = await request.body(self.settings.max_body_bytes)
+        return Exchange(request_bytes(path, request.headers, body), deadline, asyncio.get_running_loop())
 
     # -- inference --------------------------------------------------------------------
-    async def infer(self, request: web.Request) -> web.StreamResponse:
-        ex = await self._exchange(request, request.path)
+    async def infer(self, request: Request) -> Reply:
+        ex = await self._exchange(request, request.raw_path)
         try:
             self.dispatcher.submit(ex)
+        except Rejected as exc:
+            return self._reply(request, ex, None, exc)
+        queued = ex.key is not None
+        if queued:
+            self.disconnects.add(ex, request.receive)
+        try:
             response = await ex.future
         except Rejected as exc:
             return self._reply(request, ex, None, exc)
-        except asyncio.CancelledError:
-            # the client left: a queued request leaves the queue (aiohttp cancels the
-            # handler, see handler_cancellation in cli.py); one in flight completes and
-            # frees its slot when the container answers
+        except asyncio.CancelledError:  # the server gave up on it (stopping): out of the queue
             self.dispatcher.withdraw(ex)
             raise
+        finally:
+            if queued:
+                self.disconnects.discard(ex)
         return self._reply(request, ex, response, None)
 
-    async def submit_job(self, request: web.Request) -> web.StreamResponse:
-        _check_token(request, self.settings.api_token)
+    async def submit_job(self, request: Request) -> Reply:
+        _check_token(request, self.api_credentials)
         if self.jobs.full():
-            return error_response(
+            return error_reply(
                 429, "too_many_jobs", f"{self.jobs.max_jobs} jobs are stored (--max-jobs)", retry_after=1
             )
-        ex = await self._exchange(request, "/run_model")
+        ex = await self._exchange(request, b"/run_model")
         try:
             self.dispatcher.submit(ex)
         except Rejected as exc:
-            return error_response(exc.status, exc.error, exc.reason, exc.retry_after)
+            return error_reply(exc.status, exc.error, exc.reason, exc.retry_after)
         job = Job(ex)
         position = self.dispatcher.position(ex)
         job.status = "running" if position is None else "queued"
         self.jobs.add(job)
         ex.future.add_done_callback(lambda _f: self._job_done(job))
-        status_url = str(request.app.router["job"].url_for(id=job.id))
-        return web.json_response(
+        status_url = f"/jobs/{job.id}"
+        return json_reply(
             {"id": job.id, "status": job.status, "position": position or 0, "status_url": status_url},
             status=202,
-            headers={"Location": status_url},
+            headers=[(b"location", status_url.encode())],
         )
 
     def _job_done(self, job: Job) -> None:
@@ -267,11 +282,11 @@ class Orchestrator:
         result["body"] = result_body(response.body, response.header("Content-Type"))
         self.jobs.finish(job, "done", result)
 
-    async def get_job(self, request: web.Request) -> web.StreamResponse:
-        _check_token(request, self.settings.api_token)
-        job = self.jobs.get(request.match_info["id"])
+    async def get_job(self, request: Request) -> Reply:
+        _check_token(request, self.api_credentials)
+        job = self.jobs.get(request.params["id"])
         if job is None:
-            return error_response(404, "unknown_job", "no such job (unknown id, or its result expired)")
+            return error_reply(404, "unknown_job", "no such job (unknown id, or its result expired)")
         view: dict[str, Any] = {"id": job.id, "status": job.status, "created": job.created}
         if job.status == "queued":
             position = self.dispatcher.position(job.exchange)
@@ -282,42 +297,43 @@ class Orchestrator:
         if job.finished is not None:
             view["finished"] = job.finished
             view["result"] = job.result
-        return web.json_response(view)
+        return json_reply(view)
 
     # -- admin ------------------------------------------------------------------------
-    async def admin_reload(self, request: web.Request) -> web.StreamResponse:
-        _check_token(request, self.settings.admin_token)
+    async def admin_reload(self, request: Request) -> Reply:
+        _check_token(request, self.admin_credentials)
         try:
             changes = self.reload()
         except RoutesError as exc:
-            return error_response(400, "bad_routing_table", f"{exc}; the current table is kept")
-        return web.json_response(changes)
+            return error_reply(400, "bad_routing_table", f"{exc}; the current table is kept")
+        return json_reply(changes)
 
-    async def _selection(self, request: web.Request) -> tuple[dict[str, Any], list[Container]]:
-        _check_token(request, self.settings.admin_token)
+    async def _selection(self, request: Request) -> tuple[dict[str, Any], list[Container]]:
+        _check_token(request, self.admin_credentials)
+        raw = await request.body(self.settings.max_body_bytes)
         try:
-            body = await request.json() if request.can_read_body else {}
+            body = json.loads(raw) if raw else {}
         except ValueError:
             body = None
         expected = 'expected a JSON object {"node": NAME} or {"container": NAME}'
         if not isinstance(body, dict) or len({"node", "container"} & set(body)) != 1:
-            raise ClientError(400, "bad_request", expected)
+            raise HTTPError(400, "bad_request", expected)
         key = "node" if "node" in body else "container"
         if not isinstance(body[key], str):
-            raise ClientError(400, "bad_request", f"{key}: expected a string")
+            raise HTTPError(400, "bad_request", f"{key}: expected a string")
         selected = self.dispatcher.select(**{key: body[key]})
         if not selected:
-            raise ClientError(404, "not_found", f"no {key} named {body[key]!r} in the routing table")
+            raise HTTPError(404, "not_found", f"no {key} named {body[key]!r} in the routing table")
         return body, selected
 
-    async def admin_drain(self, request: web.Request) -> web.StreamResponse:
+    async def admin_drain(self, request: Request) -> Reply:
         body, selected = await self._selection(request)
         wait = body.get("wait", False)
         timeout = body.get("timeout_s", 60)
         if not isinstance(wait, bool):
-            return error_response(400, "bad_request", "wait: expected true or false")
+            return error_reply(400, "bad_request", "wait: expected true or false")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
-            return error_response(400, "bad_request", "timeout_s: expected a number of seconds in (0, 86400]")
+            return error_reply(400, "bad_request", "timeout_s: expected a number of seconds in (0, 86400]")
         self.dispatcher.set_draining(selected, True)
         names = [c.name for c in selected]
         log.info("draining %s", names, extra={"containers": names})
@@ -326,23 +342,23 @@ class Orchestrator:
                 await asyncio.wait_for(self.dispatcher.wait_idle(selected), timeout)
             except TimeoutError:
                 in_flight = sum(c.inflight for c in selected)
-                return error_response(
+                return error_reply(
                     504,
                     "drain_timeout",
                     f"{in_flight} request(s) still in flight after {timeout}s",
                     containers=names,
                     in_flight=in_flight,
                 )
-        return web.json_response(
+        return json_reply(
             {"containers": names, "state": "draining", "in_flight": sum(c.inflight for c in selected)}
         )
 
-    async def admin_ready(self, request: web.Request) -> web.StreamResponse:
+    async def admin_ready(self, request: Request) -> Reply:
         _, selected = await self._selection(request)
         self.dispatcher.set_draining(selected, False)
         names = [c.name for c in selected]
         log.info("back in service: %s", names, extra={"containers": names})
-        return web.json_response({"containers": names, "states": {c.name: c.state for c in selected}})
+        return json_reply({"containers": names, "states": {c.name: c.state for c in selected}})
 
     # -- observation ------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -380,20 +396,18 @@ class Orchestrator:
             "uptime_s": round(time.time() - self.started, 1),
         }
 
-    async def get_status(self, _request: web.Request) -> web.StreamResponse:
-        return web.json_response(self.status())
+    async def get_status(self, _request: Request) -> Reply:
+        return json_reply(self.status())
 
-    async def get_metrics(self, _request: web.Request) -> web.StreamResponse:
-        return web.Response(
-            body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    async def get_metrics(self, _request: Request) -> Reply:
+        return Reply(200, generate_latest(self.metrics.registry), [(b"content-type", _METRICS_TYPE)])
 
-    async def healthz(self, _request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "alive"})
+    async def healthz(self, _request: Request) -> Reply:
+        return json_reply({"status": "alive"})
 
-    async def readyz(self, _request: web.Request) -> web.StreamResponse:
+    async def readyz(self, _request: Request) -> Reply:
         ready = self.dispatcher.any_accepting()
-        return web.json_response(
+        return json_reply(
             {
                 "status": "ready" if ready else "no ready container",
                 "ready_containers": sum(c.accepting for c in self.dispatcher.containers),
@@ -401,58 +415,28 @@ class Orchestrator:
             status=200 if ready else 503,
         )
 
-    async def dashboard(self, _request: web.Request) -> web.StreamResponse:
+    async def dashboard(self, _request: Request) -> Reply:
         page = resources.files("onnxfleet.orchestrator").joinpath("dashboard.html").read_bytes()
-        return web.Response(body=page, content_type="text/html")
+        return Reply(200, page, [(b"content-type", b"text/html")])
 
 
-class ClientError(Exception):
-    def __init__(self, status: int, error: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.error, self.reason = status, error, reason
+_METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error as JSON ``{"error", "reason"}``, never a stack trace."""
-    try:
-        return await handler(request)
-    except Unauthorized:
-        response = error_response(401, "unauthorized", "expected Authorization: Bearer <token>")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
-    except ClientError as exc:
-        return error_response(exc.status, exc.error, exc.reason)
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
-            raise
-        reason = exc.reason
-        if exc.status == 405:
-            reason = f"{request.method} is not allowed on {request.path}"
-        elif exc.status == 413:
-            reason = f"the body is larger than the limit ({request.app['settings'].max_body_bytes} bytes)"
-        elif exc.status == 404:
-            reason = f"no route {request.path}"
-        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), reason)
-
-
-def build_app(settings: Settings, table: RoutingTable) -> web.Application:
+def build_app(settings: Settings, table: RoutingTable) -> App:
+    """The ASGI application (lifespan: start and stop the orchestrator)."""
     orchestrator = Orchestrator(settings, table)
-    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
-    app["settings"] = settings
-    app["orchestrator"] = orchestrator
-    app.on_startup.append(orchestrator.start)
-    app.on_cleanup.append(orchestrator.stop)
-    app.router.add_post("/run_model", orchestrator.infer)
-    app.router.add_post("/v2/models/{name}/infer", orchestrator.infer)
-    app.router.add_post("/jobs", orchestrator.submit_job)
-    app.router.add_get("/jobs/{id}", orchestrator.get_job, name="job")
-    app.router.add_post("/admin/reload", orchestrator.admin_reload)
-    app.router.add_post("/admin/drain", orchestrator.admin_drain)
-    app.router.add_post("/admin/ready", orchestrator.admin_ready)
-    app.router.add_get("/status", orchestrator.get_status)
-    app.router.add_get("/metrics", orchestrator.get_metrics)
-    app.router.add_get("/healthz", orchestrator.healthz)
-    app.router.add_get("/readyz", orchestrator.readyz)
-    app.router.add_get("/", orchestrator.dashboard)
-    return app
+    router = Router()
+    router.add("POST", "/run_model", orchestrator.infer)
+    router.add("POST", "/v2/models/{name}/infer", orchestrator.infer)
+    router.add("POST", "/jobs", orchestrator.submit_job)
+    router.add("GET", "/jobs/{id}", orchestrator.get_job)
+    router.add("POST", "/admin/reload", orchestrator.admin_reload)
+    router.add("POST", "/admin/drain", orchestrator.admin_drain)
+    router.add("POST", "/admin/ready", orchestrator.admin_ready)
+    router.add("GET", "/status", orchestrator.get_status)
+    router.add("GET", "/metrics", orchestrator.get_metrics)
+    router.add("GET", "/healthz", orchestrator.healthz)
+    router.add("GET", "/readyz", orchestrator.readyz)
+    router.add("GET", "/", orchestrator.dashboard)
+    return App(router, orchestrator.start, orchestrator.stop)

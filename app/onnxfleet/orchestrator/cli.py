@@ -132,31 +132,15 @@ def run(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
 
-    def factory() -> Any:
-        async def runner() -> Any:
-            from aiohttp import web
-
-            # handler_cancellation: a client that disconnects cancels its handler, which
-            # is how a queued request leaves the queue (aiohttp >= 3.9 defaults to False).
-            return web.AppRunner(
-                build_app(settings, table),
-                handler_cancellation=True,
-                access_log=None,
-                keepalive_timeout=75.0,
-                shutdown_timeout=10.0,
-            )
-
-        return runner
-
     serve(
-        factory,
+        lambda: build_app(settings, table),
         {
             "bind": args.bind,
             # One process: the queue and the slot table are in-memory state (see
             # docs/orchestrator.md); several processes would each admit a request to the
             # same container.
             "workers": 1,
-            "worker_class": "aiohttp.GunicornUVLoopWebWorker",
+            "worker_class": "onnxfleet.orchestrator.worker.OrchestratorWorker",
             "graceful_timeout": 15,
             "timeout": 30,
             "when_ready": _forward_hup,

@@ -231,8 +231,10 @@ class Dispatcher:
             if c is not None:
                 self._start(ex, c)
                 return
-        if not self.any_accepting():
-            raise self._count(NoContainer("no container is ready to serve", retry_after=1))
+            # checked only here: a queue implies an accepting container (changed()
+            # fails the whole queue when the last one stops accepting)
+            if not self.any_accepting():
+                raise self._count(NoContainer("no container is ready to serve", retry_after=1))
         if len(self.queue) >= self.queue_spec.max_length and not priority:
             raise self._count(
                 QueueFull(
@@ -242,16 +244,16 @@ class Dispatcher:
             )
         now = time.monotonic()
         wait = self.queue_spec.timeout_s - ex.waited
-        reason = f"waited {self.queue_spec.timeout_s:g}s in the queue (queue.timeout_s)"
-        if ex.deadline is not None and ex.deadline - now < wait:
+        by_deadline = ex.deadline is not None and ex.deadline - now < wait
+        if by_deadline:
+            assert ex.deadline is not None
             wait = ex.deadline - now
-            reason = "the request deadline passed while it was queued"
         if wait <= 0:
-            raise self._count(QueueTimeout(reason, retry_after=self.retry_after()))
+            raise self._count(QueueTimeout(self._timeout_reason(by_deadline), retry_after=self.retry_after()))
         ex.key = key = self._next_key
         self._next_key += 1
         ex.started = now
-        ex.timer = asyncio.get_running_loop().call_later(wait, self._expire, ex, reason)
+        ex.timer = asyncio.get_running_loop().call_later(wait, self._expire, ex, by_deadline)
         self.queue[key] = ex
         if priority:
             self.queue.move_to_end(key, last=False)
@@ -263,10 +265,16 @@ class Dispatcher:
             if ex.timer is not None:
                 ex.timer.cancel()
 
-    def _expire(self, ex: Exchange, reason: str) -> None:
+    def _timeout_reason(self, by_deadline: bool) -> str:
+        if by_deadline:
+            return "the request deadline passed while it was queued"
+        return f"waited {self.queue_spec.timeout_s:g}s in the queue (queue.timeout_s)"
+
+    def _expire(self, ex: Exchange, by_deadline: bool) -> None:
         if ex.key is not None and self.queue.pop(ex.key, None) is not None:
             ex.key = None
             ex.waited += time.monotonic() - ex.started
+            reason = self._timeout_reason(by_deadline)
             ex.resolve(None, self._count(QueueTimeout(reason, retry_after=self.retry_after())))
 
     def position(self, ex: Exchange) -> int | None:
@@ -283,20 +291,28 @@ class Dispatcher:
 
     def dispatch(self) -> None:
         """Hand free slots to the head of the queue, in order."""
-        queue = self.queue
-        while queue:
+        while self.queue:
             c = self._pick()
             if c is None:
                 return
+            ex = self._pop_head()
+            if ex is None:
+                return
+            self._start(ex, c)
+
+    def _pop_head(self) -> Exchange | None:
+        """The first queued request, out of the queue (skipping those whose client left)."""
+        queue = self.queue
+        while queue:
             _, ex = queue.popitem(last=False)
             ex.key = None
             if ex.timer is not None:
                 ex.timer.cancel()
                 ex.timer = None
             ex.waited += time.monotonic() - ex.started
-            if ex.future.done():
-                continue  # its client left meanwhile; the slot goes to the next one
-            self._start(ex, c)
+            if not ex.future.done():
+                return ex
+        return None
 
     def _start(self, ex: Exchange, c: Container) -> None:
         c.inflight += 1
@@ -384,7 +400,15 @@ class Dispatcher:
     def _finish(self, c: Container, ex: Exchange, response: Response | None, error: Rejected | None) -> None:
         self._release(c)
         ex.resolve(response, error)
-        if self.queue:
+        if not self.queue:
+            return
+        if c.inflight < c.max_concurrency and c.accepting:
+            # A queue means every other container is full (dispatch runs after every
+            # change), so the slot just freed is the one to fill: no need to look for it.
+            head = self._pop_head()
+            if head is not None:
+                self._start(head, c)
+        else:
             self.dispatch()
 
     def _release(self, c: Container) -> None:

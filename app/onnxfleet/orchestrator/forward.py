@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from onnxfleet.orchestrator.upstream import Response
+from collections.abc import Iterable
+
+from onnxfleet.orchestrator.upstream import Headers, Response
 
 # Not forwarded either way: connection management, framing, our own credentials, and the
 # headers the orchestrator sets itself.
@@ -28,19 +30,19 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def request_bytes(path: str, raw_headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> bytes:
+def request_bytes(path: bytes, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
     """The complete HTTP/1.1 request for a container: the client's headers, our framing.
 
-    The client's Host is passed through (as HAProxy does), so the bytes do not depend on
-    the container and are built once, before the request even has a slot.
+    ``headers`` are the client's, names lowercased (as ASGI servers give them). The
+    client's Host is passed through (as HAProxy does), so the bytes do not depend on the
+    container and are built once, before the request even has a slot.
     """
-    parts = [b"POST ", path.encode(), b" HTTP/1.1\r\n"]
+    parts = [b"POST ", path, b" HTTP/1.1\r\n"]
     has_host = False
-    for name, value in raw_headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
+    for name, value in headers:
+        if name in HOP_BY_HOP:
             continue
-        has_host = has_host or lower == b"host"
+        has_host = has_host or name == b"host"
         parts += (name, b": ", value, b"\r\n")
     if not has_host:
         parts.append(b"Host: onnxfleet\r\n")
@@ -49,8 +51,6 @@ def request_bytes(path: str, raw_headers: tuple[tuple[bytes, bytes], ...], body:
     return b"".join(parts)
 
 
-_DROP = frozenset(name.decode() for name in HOP_BY_HOP)
-
-
-def response_headers(response: Response) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in response.headers if k.lower() not in _DROP]
+def response_headers(response: Response) -> Headers:
+    """The container's headers that go back to the client."""
+    return [(k, v) for k, v in response.headers if k.lower() not in HOP_BY_HOP]
