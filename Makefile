@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 PYTEST ?= pytest
 
-.PHONY: help setup lint test test-python demo image bench bench-worker lock clean
+.PHONY: help setup lint test test-python test-ansible demo image bench bench-worker bench-orchestrator lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,9 +20,15 @@ lint: setup ## ruff, mypy
 	mypy --config-file app/pyproject.toml app/onnxfleet
 
 test-python: setup ## the pytest suite (real services, real containers)
-	$(PYTEST) tests
+	$(PYTEST) tests --ignore=tests/ansible
 
-test: setup lint test-python ## the whole suite (what CI runs)
+test-ansible: setup ## ansible-lint, syntax, local fleet, molecule scenarios (real DinD nodes)
+	$(PYTEST) tests/ansible
+
+test: setup lint test-python test-ansible ## the whole suite (what CI runs)
+
+demo: ## setup, then deploy the local fleet with site.yml and show a prediction
+	@scripts/demo.sh
 
 image: setup ## build the onnxfleet image (cached by content hash)
 	@scripts/image.py --archive-dir .cache/images
@@ -30,7 +36,10 @@ image: setup ## build the onnxfleet image (cached by content hash)
 bench-worker: setup ## one worker vs onnxruntime in-process (prints figures)
 	python bench/worker.py
 
-bench: bench-worker ## every benchmark (prints figures)
+bench-orchestrator: setup ## the orchestrator against HAProxy on the same sim containers (prints figures)
+	python bench/orchestrator_vs_haproxy.py
+
+bench: bench-worker bench-orchestrator ## every benchmark (prints figures)
 
 lock: ## re-pin requirements/controller.txt and app/requirements.lock
 	scripts/lock.sh

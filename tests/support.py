@@ -107,3 +107,14 @@ class Service:
         self.stop()
         self._log.close()
         os.unlink(self._log.name)
+
+
+def unwrap(value: object) -> object:
+    """ansible-inventory's JSON marks untrusted strings as {"__ansible_unsafe": "..."}."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {key: unwrap(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unwrap(item) for item in value]
+    return value

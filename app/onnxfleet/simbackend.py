@@ -7,7 +7,8 @@ once. Tests and benchmarks read what each port saw (``GET /stats``: requests ser
 highest concurrency observed, the arrival order of ``X-Request-Id``) and switch ports into
 failure modes (``POST /admin/mode``): ``ok``, ``fail`` (500), ``refuse`` (listener closed,
 connections reset), ``drop`` (connection closed on each inference request, no answer),
-``hang`` (never answers), ``unready`` (``/readyz`` 503). ``service_ms`` in the same body
+``hang`` (never answers), ``vanish`` (neither inference nor ``/readyz`` answers: a stopped
+host, which sends no reset), ``unready`` (``/readyz`` 503). ``service_ms`` in the same body
 makes a port slow. A ``--control`` port (not a container) reaches every port by number.
 """
 
@@ -19,7 +20,7 @@ import json
 import signal
 from typing import Any
 
-MODES = ("ok", "fail", "refuse", "drop", "hang", "unready")
+MODES = ("ok", "fail", "refuse", "drop", "hang", "vanish", "unready")
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -187,6 +188,9 @@ class _Conn(asyncio.Protocol):
         ):
             self._infer(port, path, headers, body)
         elif path in ("/readyz", "/healthz"):
+            if port.mode == "vanish":
+                self.busy = True
+                return
             ready = port.mode != "unready" or path == "/healthz"
             self._send(_response(200 if ready else 503, {"status": "ready" if ready else "unready"}))
         elif path in ("/stats", "/admin/mode", "/admin/reset"):
@@ -204,7 +208,7 @@ class _Conn(asyncio.Protocol):
         self.busy = True
         port.inflight += 1
         port.max_inflight = max(port.max_inflight, port.inflight)
-        if port.mode == "hang":
+        if port.mode in ("hang", "vanish"):
             return
         status = 500 if port.mode == "fail" else 200
         payload = {

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -145,7 +146,19 @@ def ensure_image(
             result["changed"] = True
             if not check_mode:
                 _save(image, archive)
+                _remove_older_archives(archive)
     return result
+
+
+def _remove_older_archives(archive):
+    """Archives of earlier builds of the repository are 180 MB each: keep the newest."""
+    prefix = os.path.basename(archive).rsplit("-", 1)[0]
+    same_repository = re.compile(re.escape(prefix) + r"-[0-9a-f]+\.tar\.gz")
+    directory = os.path.dirname(archive)
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if same_repository.fullmatch(name) and path != archive:
+            os.unlink(path)
 
 
 def _save(image, archive):

@@ -54,14 +54,3 @@ def live_instances(ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, An
     states = {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}
     reservations = ec2.describe_instances(Filters=[*filters, states])["Reservations"]
     return [instance for reservation in reservations for instance in reservation["Instances"]]
-
-
-def unwrap(value: Any) -> Any:
-    """ansible-inventory's JSON marks untrusted strings as {"__ansible_unsafe": "..."}."""
-    if isinstance(value, dict):
-        if set(value) == {"__ansible_unsafe"}:
-            return value["__ansible_unsafe"]
-        return {key: unwrap(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [unwrap(item) for item in value]
-    return value

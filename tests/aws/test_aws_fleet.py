@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_support import FLEET, ROOT, Run, fleet_filter, live_instances, tags_of, unwrap
+from aws_support import FLEET, ROOT, Run, fleet_filter, live_instances, tags_of
+from support import unwrap
 
 pytestmark = pytest.mark.slow
 

@@ -127,3 +127,25 @@ def test_a_dead_fleet_answers_503_at_once(sim: SimFleet, tmp_path: Path) -> None
         assert time.monotonic() - started < 0.5
         assert call(orch.url + "/readyz")[0] == 503
         assert call(orch.url + "/healthz")[0] == 200
+
+
+def test_requests_on_a_vanished_host_move_on_when_its_health_checks_fail(
+    sim: SimFleet, tmp_path: Path
+) -> None:
+    """A stopped host sends no reset: its requests wait for a first byte that never comes.
+    Once the checks mark it down they go to another container, well before the timeout."""
+    sim.mode(0, "ok", service_ms=300)
+    sim.mode(1, "ok", service_ms=300)
+    table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a"), ("b/0", sim.url(1), "b")])
+    with orchestrator(table, "--upstream-timeout", "30") as orch, ThreadPoolExecutor(2) as pool:
+        wait_for(lambda: all(c["state"] == "ready" for c in status(orch)["containers"]), what="both ready")
+        sim.mode(0, "vanish")
+        started = time.monotonic()
+        # one of the two lands on the vanished a/0 (one slot each, both free)
+        results = list(pool.map(lambda i: call(orch.url + "/run_model", "POST", {"i": i}), range(2)))
+        took = time.monotonic() - started
+        assert [r[0] for r in results] == [200, 200]
+        assert {r[1]["X-Container"] for r in results} == {"b/0"}
+        assert took < 5, f"{took:.1f}s: the request waited for the upstream timeout"
+        assert container_state(orch, "a/0")["state"] == "down"
+        assert status(orch)["totals"]["retries"] >= 1

@@ -101,6 +101,7 @@ class Container:
         self.last_error: str | None = None
         self.model_version: str | None = None
         self.idle_waiters: list[asyncio.Future[None]] = []
+        self.sending: set[Connection] = set()  # connections carrying one of its requests
 
     @property
     def accepting(self) -> bool:
@@ -327,6 +328,7 @@ class Dispatcher:
             timeout = min(timeout, self.upstream_timeout)
         conn = c.pool.take_idle()
         if conn is not None:
+            c.sending.add(conn)
             conn.send(ex.data, timeout, self._on_answer, ex)
         else:
             asyncio.get_running_loop().create_task(self._connect_and_send(c, ex, timeout))
@@ -337,6 +339,7 @@ class Dispatcher:
         except UpstreamError as exc:
             self._on_answer(ex, None, None, exc)
             return
+        c.sending.add(conn)
         conn.send(ex.data, timeout, self._on_answer, ex)
 
     def _on_answer(
@@ -345,6 +348,8 @@ class Dispatcher:
         """The end of one exchange (called from the connection's callback)."""
         c = ex.container
         assert c is not None
+        if conn is not None:
+            c.sending.discard(conn)
         if response is not None:
             assert conn is not None
             c.pool.put(conn, response.keep_alive)
@@ -514,6 +519,9 @@ class Dispatcher:
             c.last_error = error
             if c.healthy and c.fail_streak >= fall:
                 c.healthy = False
+                # its requests still waiting for a first byte go to other containers now
+                for conn in list(c.sending):
+                    conn.abandon(f"{c.name} failed its health checks before answering ({error})")
                 self.changed()
 
     def eject(self, c: Container, error: str) -> None:

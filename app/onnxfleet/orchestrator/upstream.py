@@ -37,6 +37,12 @@ class ClosedBeforeResponse(UpstreamError):
     retryable = True
 
 
+class Abandoned(UpstreamError):
+    """Given up before the first response byte: the container failed its health checks."""
+
+    retryable = True
+
+
 class UpstreamTimeout(UpstreamError):
     """No complete answer within the timeout."""
 
@@ -238,6 +244,16 @@ class Connection(asyncio.Protocol):
         self._callback, self._arg = callback, arg
         self._timer = self.loop.call_later(timeout, self._timed_out)
         self.transport.write(data)
+
+    def abandon(self, reason: str) -> None:
+        """End the exchange with ``Abandoned`` if no answer byte has arrived yet.
+
+        A stopped host sends no reset: without this its requests would wait for the
+        upstream timeout although the health checks already know it is gone.
+        """
+        if self._callback is not None and not self._buf and self._head is None:
+            self.close()
+            self._done(None, Abandoned(reason))
 
     async def request(self, data: bytes, timeout: float) -> Response:
         """``send`` for callers that just wait (health checks)."""

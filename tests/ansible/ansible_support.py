@@ -1,0 +1,82 @@
+"""Running the real ansible-playbook, ansible-inventory and molecule from the tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from support import ROOT
+
+VENV_BIN = ROOT / ".venv" / "bin"
+RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def ansible_env(**extra: str) -> dict[str, str]:
+    """The environment of every Ansible call: this checkout's config, no colours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ONNXFLEET_", "MOLECULE_"))}
+    env.update(
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+        NO_COLOR="1",
+        PY_COLORS="0",
+        PATH=f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+    )
+    env.update(extra)
+    return env
+
+
+def run(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 600, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run a command from the checkout; output captured, never raises on failure."""
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        env=env or ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP per host: {host: {ok, changed, unreachable, failed}}."""
+    return {
+        host: {"ok": int(ok), "changed": int(ch), "unreachable": int(un), "failed": int(fa)}
+        for host, ok, ch, un, fa in RECAP.findall(output)
+    }
+
+
+def explain(proc: subprocess.CompletedProcess[str]) -> str:
+    """The tail of a failed command's output, for assertion messages."""
+    return f"exit {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+
+
+FLEET = "molecule-fleet"
+FLEET_VARS = "@extensions/molecule/fleet/vars.yml"
+FLEET_URL = "http://127.0.0.1:28080"  # fleet_published_port in that file
+
+
+@dataclass
+class DeployedFleet:
+    name: str
+    url: str
+    vars_file: str
+    molecule: subprocess.CompletedProcess[str]  # `molecule test -s fleet --destroy never`
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return ansible_env(ONNXFLEET_FLEET=self.name, **extra)
+
+
+def leftovers(fleet: str) -> str:
+    return subprocess.run(
+        ["docker", "ps", "-a", "--filter", f"label=onnxfleet.fleet={fleet}", "--format", "{{.Names}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
