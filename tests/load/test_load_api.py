@@ -60,7 +60,8 @@ def test_errors_are_classified(server: LoadServer, where: str, timeout: float, k
     assert all(r.detail for r in results.records)
     assert summarize(results)["errors"] == {kind: 4}
     if kind == "timeout":
-        assert all(0.2 <= r.latency_s < 1.5 for r in results.records)
+        # the timeout fired, long before the 2 s answer (timer and clock may differ by a tick)
+        assert all(0.15 <= r.latency_s < 1.9 for r in results.records), [r.latency_s for r in results.records]
 
 
 def test_workers_never_exceed_the_request_count(server: LoadServer) -> None:
