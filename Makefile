@@ -34,10 +34,10 @@ image: setup ## build the onnxfleet image (cached by content hash)
 	@scripts/image.py --archive-dir .cache/images
 
 bench-worker: setup ## one worker vs onnxruntime in-process (prints figures)
-	python bench/worker.py
+	python -m bench.worker
 
 bench-orchestrator: setup ## the orchestrator against HAProxy on the same sim containers (prints figures)
-	python bench/orchestrator_vs_haproxy.py
+	python -m bench.orchestrator_vs_haproxy
 
 bench: bench-worker bench-orchestrator ## every benchmark (prints figures)
 

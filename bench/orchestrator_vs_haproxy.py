@@ -9,7 +9,7 @@ process). Prints throughput, efficiency (throughput / (8 / service time)), p50/p
 the proxy process's CPU time per request, and the ratio to HAProxy. Figures only, nothing
 asserted.
 
-    .venv/bin/python bench/orchestrator_vs_haproxy.py [--duration 4] [--rounds 2] [--connections 32]
+    .venv/bin/python -m bench.orchestrator_vs_haproxy [--duration 4] [--rounds 2] [--connections 32]
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from tests.support import Service, free_port, http_status
 
-from support import Service, free_port, http_status  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CONTAINERS = 8
 WRK_SCRIPT = """

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One worker's throughput and latency against onnxruntime called in-process.
 
-    .venv/bin/python bench/worker.py [--batch 8] [--concurrency 1,4] [--duration 3]
+    .venv/bin/python -m bench.worker [--batch 8] [--concurrency 1,4] [--duration 3]
 
 Starts a real worker (gunicorn + onnxruntime, `onnxfleet worker`) on a loopback port,
 sends the same digits batch to ``POST /run_model`` from ``c`` concurrent aiohttp clients,
@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -28,13 +27,11 @@ import aiohttp
 import numpy as np
 from sklearn.datasets import load_digits
 
+from onnxfleet.worker.cpus import default_intra_op_threads
+from onnxfleet.worker.model import Model
+from tests.support import Service, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from support import Service, free_port  # noqa: E402
-
-from onnxfleet.worker.cpus import default_intra_op_threads  # noqa: E402
-from onnxfleet.worker.model import Model  # noqa: E402
 
 WARM_UP_REQUESTS = 50
 HTTP, FLOOR, LOCAL = "worker POST /run_model", "worker GET /healthz", "onnxruntime in-process"

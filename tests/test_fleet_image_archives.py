@@ -3,14 +3,9 @@ builds' of the same repository (180 MB each), and nothing else."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from support import ROOT
-
-sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
-
-import fleet_image
+from ansible_collections.onnxfleet.serving.plugins.module_utils import fleet_image
 
 
 def test_a_new_archive_replaces_the_earlier_ones_of_its_repository_only(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
-from support import ROOT
+
+from tests.support import ROOT
 
 README = ROOT / "README.md"
 GROUP_VARS = ROOT / "inventory" / "group_vars" / "all.yml"

@@ -9,16 +9,13 @@ test_ansible_operations.py changes it under load, and it is destroyed at the end
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ansible_support import (
+from tests.ansible.ansible_support import (
     FLEET,
     FLEET_URL,
     FLEET_VARS,
@@ -28,7 +25,7 @@ from ansible_support import (
     leftovers,
     run,
 )
-from support import ROOT
+from tests.support import ROOT
 
 SCENARIOS = ("docker_engine", "model_worker", "orchestrator", "fleet")
 

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ansible_support import ansible_env, explain, recap, run
-from support import ROOT, free_port, unwrap
+
+from tests.ansible.ansible_support import ansible_env, explain, recap, run
+from tests.support import ROOT, free_port, unwrap
 
 FLEET = "pytest-local-fleet"
 LABEL = f"label=onnxfleet.fleet={FLEET}"

@@ -8,7 +8,8 @@ import re
 import subprocess
 
 import pytest
-from ansible_support import DeployedFleet, explain, leftovers, recap, run
+
+from tests.ansible.ansible_support import DeployedFleet, explain, leftovers, recap, run
 
 SCENARIOS = {
     # scenario: the fleet name its molecule.yml gives its nodes

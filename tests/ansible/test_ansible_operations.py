@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_support import DeployedFleet, explain, recap, run
-from support import ROOT
 
 from onnxfleet.load.runner import BackgroundLoad, LoadPlan, Results
+from tests.ansible.ansible_support import DeployedFleet, explain, recap, run
+from tests.support import ROOT
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

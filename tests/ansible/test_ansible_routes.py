@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ansible_support import explain, run
-from support import ROOT
-
 from onnxfleet.orchestrator.routes import load_table
+from tests.ansible.ansible_support import explain, run
+from tests.support import ROOT
 
 INVENTORY = """
 workers:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from ansible_support import ansible_env, explain, run
-from support import ROOT
+
+from tests.ansible.ansible_support import ansible_env, explain, run
+from tests.support import ROOT
 
 PLAYBOOKS = [
     "site.yml",

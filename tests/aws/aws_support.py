@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support import ROOT
+from tests.support import ROOT
 
 VENV_BIN = ROOT / ".venv" / "bin"
 # Canonical and Debian images as moto serves them (moto's own list has no Ubuntu 24.04).

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from aws_support import AMIS, FLEET, REGION, VENV_BIN, Run
-from support import ROOT, free_port
+from tests.aws.aws_support import AMIS, FLEET, REGION, VENV_BIN, Run
+from tests.support import ROOT, free_port
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_support import FLEET, ROOT, Run, fleet_filter, live_instances, tags_of
-from support import unwrap
+
+from tests.aws.aws_support import FLEET, ROOT, Run, fleet_filter, live_instances, tags_of
+from tests.support import unwrap
 
 pytestmark = pytest.mark.slow
 

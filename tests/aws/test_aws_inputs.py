@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_support import Run, fleet_filter, live_instances
+
+from tests.aws.aws_support import Run, fleet_filter, live_instances
 
 FLEET = "inputs"
 

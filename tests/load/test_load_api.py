@@ -6,12 +6,12 @@ import threading
 import time
 
 import pytest
-from load_support import LoadServer
-from support import free_port
 
 from onnxfleet.load import BackgroundLoad, LoadPlan, Results, run_load, target_url
 from onnxfleet.load.report import format_summary, percentile, summarize
 from onnxfleet.load.runner import RequestRecord
+from tests.load.load_support import LoadServer
+from tests.support import free_port
 
 
 @pytest.mark.parametrize(

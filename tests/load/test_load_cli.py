@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from load_support import LoadServer, load_cli
-from support import free_port
 
 from onnxfleet.load.sample import DIGIT_ZERO
+from tests.load.load_support import LoadServer, load_cli
+from tests.support import free_port
 
 
 def _shares(stdout: str, label: str) -> dict[str, int]:

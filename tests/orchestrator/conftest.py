@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from orch_support import SimFleet
+from tests.orchestrator.orch_support import SimFleet
 
 SERVICE_MS = 50.0
 

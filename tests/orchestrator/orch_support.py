@@ -13,7 +13,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
-from support import Service, free_port
+from tests.support import Service, free_port
 
 
 def call(

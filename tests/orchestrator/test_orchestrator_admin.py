@@ -11,7 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from orch_support import SimFleet, call, container_state, orchestrator, raw_request, routes, status, wait_for
+
+from tests.orchestrator.orch_support import (
+    SimFleet,
+    call,
+    container_state,
+    orchestrator,
+    raw_request,
+    routes,
+    status,
+    wait_for,
+)
 
 
 def test_drain_with_wait_then_ready(sim: SimFleet, tmp_path: Path) -> None:

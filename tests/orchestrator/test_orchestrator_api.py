@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from orch_support import SimFleet, call, orchestrator, routes, status
 
 from onnxfleet.orchestrator.routes import RoutesError, load_table, parse_table
+from tests.orchestrator.orch_support import SimFleet, call, orchestrator, routes, status
 
 
 def test_v2_route_forwards_path_body_and_content_type(sim: SimFleet, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from orch_support import SimFleet, call, container_state, orchestrator, routes, wait_for
+from tests.orchestrator.orch_support import SimFleet, call, container_state, orchestrator, routes, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

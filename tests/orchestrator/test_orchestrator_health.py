@@ -7,7 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from orch_support import SimFleet, call, container_state, orchestrator, routes, status, wait_for
+
+from tests.orchestrator.orch_support import (
+    SimFleet,
+    call,
+    container_state,
+    orchestrator,
+    routes,
+    status,
+    wait_for,
+)
 
 
 @pytest.mark.parametrize("mode", ["refuse", "drop"])

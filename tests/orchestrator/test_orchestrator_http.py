@@ -9,9 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
-from orch_support import SimFleet, call, orchestrator, raw_request, routes, status, wait_for
 
 from onnxfleet.orchestrator.asgi import HTTPError, Reply, Request, Router
+from tests.orchestrator.orch_support import (
+    SimFleet,
+    call,
+    orchestrator,
+    raw_request,
+    routes,
+    status,
+    wait_for,
+)
 
 
 def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from orch_support import SimFleet, call, orchestrator, routes, wait_for
+from tests.orchestrator.orch_support import SimFleet, call, orchestrator, routes, wait_for
 
 
 def test_jobs_report_their_position_then_their_result(sim: SimFleet, tmp_path: Path) -> None:

@@ -8,7 +8,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from orch_support import SimFleet, call, orchestrator, raw_request, routes, status, wait_for
+from tests.orchestrator.orch_support import (
+    SimFleet,
+    call,
+    orchestrator,
+    raw_request,
+    routes,
+    status,
+    wait_for,
+)
 
 
 def test_no_container_ever_holds_more_than_its_slots(sim: SimFleet, tmp_path: Path) -> None:

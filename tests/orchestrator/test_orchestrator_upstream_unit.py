@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
-from support import free_port
 
 from onnxfleet.orchestrator.upstream import (
     BadResponse,
@@ -16,6 +15,7 @@ from onnxfleet.orchestrator.upstream import (
     UpstreamTimeout,
     _parse_head,
 )
+from tests.support import free_port
 
 REQUEST = b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n"
 

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from orch_support import call, container_state, orchestrator, routes, status, wait_for
-from support import ROOT, Service, free_port
+
+from tests.orchestrator.orch_support import call, container_state, orchestrator, routes, status, wait_for
+from tests.support import ROOT, Service, free_port
 
 DIGITS = ROOT / "app" / "models" / "digits.onnx"
 SAMPLE = {"inputs": [[float(i % 17) for i in range(64)], [0.0] * 64]}

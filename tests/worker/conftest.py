@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Service
-from worker_support import DIGITS, multi_input_model, slow_model, worker
+
+from tests.support import Service
+from tests.worker.worker_support import DIGITS, multi_input_model, slow_model, worker
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from support import Service
+
+from tests.support import Service
 
 ROW = [0.0] * 64
 SIGNATURE = {

@@ -11,8 +11,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-from support import Service
-from worker_support import metric, worker
+
+from tests.support import Service
+from tests.worker.worker_support import metric, worker
 
 SLOW_ROWS = 512
 

@@ -14,7 +14,8 @@ import onnxruntime as ort
 import pytest
 import requests
 from sklearn.datasets import load_digits
-from worker_support import DIGITS
+
+from tests.worker.worker_support import DIGITS
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

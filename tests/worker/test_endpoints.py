@@ -11,8 +11,9 @@ import onnxruntime as ort
 import pytest
 import requests
 from sklearn.datasets import load_digits
-from support import Service
-from worker_support import DIGITS, metric
+
+from tests.support import Service
+from tests.worker.worker_support import DIGITS, metric
 
 SAMPLES = load_digits().data[:20].astype(np.float32)
 

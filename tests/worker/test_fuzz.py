@@ -11,7 +11,8 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import Service
+
+from tests.support import Service
 
 EXAMPLES = 1100
 

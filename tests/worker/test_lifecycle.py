@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import Service, http_status
-from worker_support import DIGITS, slow_model, started, worker
+
+from tests.support import Service, http_status
+from tests.worker.worker_support import DIGITS, slow_model, started, worker
 
 
 def log_entries(service: Service) -> list[dict]:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import Service
+
+from tests.support import Service
 
 GOOD = {"a": [[0.5, 1.5, 2.5]], "b": [[1, 2, 3]], "flags": [True, False], "tag": ["x", "ünï"]}
 

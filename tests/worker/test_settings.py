@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from worker_support import DIGITS
 
 from onnxfleet.worker.settings import SettingsError, default_container_name, model_identity
+from tests.worker.worker_support import DIGITS
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import ROOT
+from tests.support import ROOT
 
 MODELS = ROOT / "app" / "models"
 

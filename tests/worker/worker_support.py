@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from support import ROOT, Service, free_port
+
+from tests.support import ROOT, Service, free_port
 
 DIGITS = ROOT / "app" / "models" / "digits.onnx"
 
