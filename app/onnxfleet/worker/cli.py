@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxfleet.worker.settings import (
         SettingsError,
         WorkerSettings,
+        card_batch,
         default_container_name,
         model_identity,
     )
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("onnxfleet.worker")
     try:
         name, version, sha256 = model_identity(args.model, args.model_name, args.model_version)
+        batch = card_batch(args.model)
     except SettingsError as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -108,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
         max_waiting=args.max_waiting,
         max_body_bytes=args.max_body_bytes,
+        batch=batch,
     )
     threads = settings.max_concurrency + settings.max_waiting + SPARE_THREADS
     log.info("starting worker", extra={"settings": vars(settings), "bind": args.bind, "threads": threads})
