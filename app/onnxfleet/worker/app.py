@@ -21,20 +21,18 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from onnxfleet import __version__, oip
 from onnxfleet.oip import jsonio
 from onnxfleet.oip.errors import CodecError, envelope
+from onnxfleet.worker.body import drainer, read_body
 from onnxfleet.worker.errors import ApiError
 from onnxfleet.worker.gate import InferenceGate
 from onnxfleet.worker.metrics import WorkerMetrics
 from onnxfleet.worker.model import Model, ModelError
+from onnxfleet.worker.server import IDENTITY_HEADERS
 from onnxfleet.worker.settings import WorkerSettings
 
 log = logging.getLogger("onnxfleet.worker")
 access_log = logging.getLogger("onnxfleet.worker.access")
 
 WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts when a worker exits with this code
-# A body over --max-body-bytes is read and discarded up to this many bytes, so that a
-# client still sending it reads the 413 instead of a reset connection; beyond, gunicorn
-# closes the connection.
-DISCARD_LIMIT = 16 << 20
 
 
 def exit_boot_error() -> None:
@@ -63,7 +61,8 @@ class ModelHolder:
             self.state = "warming up"
             warm_up = model.warm_up()
         except Exception as exc:  # whatever it is, a worker without its model must stop
-            self.state, self.error = "failed", str(exc)
+            # /readyz says that it failed; what onnxruntime said goes to the log only.
+            self.state, self.error = "failed", "the model could not be loaded or warmed up; see the log"
             log.error(
                 "model %s cannot be served: %s",
                 s.model_path,
@@ -104,44 +103,6 @@ def check_json_media_type() -> None:
         )
 
 
-def read_body(limit: int) -> bytes:
-    """The raw body, at most ``limit`` bytes: 413 beyond, announced by Content-Length or
-    not (chunked). Read from gunicorn's stream directly: werkzeug's max_content_length
-    stream silently truncates a chunked body at the limit instead of refusing it."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise RequestEntityTooLarge()
-    stream = request.environ["wsgi.input"]
-    parts, size = [], 0
-    try:
-        while chunk := stream.read(1 << 16):
-            size += len(chunk)
-            if size > limit:
-                raise RequestEntityTooLarge()
-            parts.append(chunk)
-    except RequestEntityTooLarge:
-        raise
-    except Exception as exc:  # gunicorn's parse errors on a malformed chunk, a disconnect
-        log.info("unreadable request body: %r", exc)
-        raise ApiError(
-            "the request body could not be read: its chunked encoding is malformed or the client "
-            "went away before sending all of it",
-            "bad_request",
-            400,
-        ) from None
-    return b"".join(parts)
-
-
-def discard_body() -> None:
-    stream = request.environ["wsgi.input"]
-    left = DISCARD_LIMIT
-    try:
-        while left > 0 and (chunk := stream.read(min(left, 1 << 16))):
-            left -= len(chunk)
-    except Exception:  # the client went away or sent a malformed chunk:
-        pass  # gunicorn closes the connection, the 413 still goes out
-
-
 class Views:
     def __init__(
         self, settings: WorkerSettings, holder: ModelHolder, gate: InferenceGate, metrics: WorkerMetrics
@@ -150,6 +111,7 @@ class Views:
         self.holder = holder
         self.gate = gate
         self.metrics = metrics
+        self.identity = {"X-Model-Version": settings.model_version, "X-Container": settings.container}
 
     def register(self, app: Flask) -> None:
         route = app.add_url_rule
@@ -164,6 +126,7 @@ class Views:
             route(prefix, f"v2_model{prefix.count('/')}", self.v2_model)
             route(f"{prefix}/ready", f"v2_model_ready{prefix.count('/')}", self.v2_model_ready)
             route(f"{prefix}/infer", f"v2_infer{prefix.count('/')}", self.v2_infer, methods=["POST"])
+        app.config[IDENTITY_HEADERS] = self.identity
         app.before_request(self.before)
         app.after_request(self.after)
         app.register_error_handler(CodecError, self.api_error)
@@ -177,8 +140,7 @@ class Views:
         g.batch = None
 
     def after(self, response: Response) -> Response:
-        response.headers["X-Model-Version"] = self.s.model_version
-        response.headers["X-Container"] = self.s.container
+        response.headers.update(self.identity)
         request_id = request.headers.get("X-Request-Id")
         if request_id:
             response.headers["X-Request-Id"] = request_id
@@ -218,9 +180,10 @@ class Views:
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         if isinstance(exc, RequestEntityTooLarge):
             message = f"the body is larger than {self.s.max_body_bytes} bytes (--max-body-bytes)"
-            code = "payload_too_large"
-            discard_body()
-        elif isinstance(exc, NotFound):
+            response = json_response(envelope(message, "payload_too_large"), 413, headers)
+            response.call_on_close(drainer(request.environ))
+            return response
+        if isinstance(exc, NotFound):
             message = f"no route {request.path}; see /v2 or docs/worker.md for the endpoints"
             code = "not_found"
         elif isinstance(exc, MethodNotAllowed):
@@ -291,11 +254,14 @@ class Views:
         g.inference_ms = round(seconds * 1000, 3)
         return results
 
+    def body(self) -> bytes:
+        return read_body(request.environ, request.content_length, self.s.max_body_bytes, self.s.read_timeout)
+
     def run_model(self) -> Response:
         check_json_media_type()
         model = self.ready_model()
         with self.gate.admit():
-            feeds = oip.run_model.parse_request(read_body(self.s.max_body_bytes), model.signature)
+            feeds = oip.run_model.parse_request(self.body(), model.signature)
             outputs = self.run(model, feeds, None)
         s = self.s
         body = oip.run_model.encode_response(outputs, s.model_name, s.model_version, s.container)
@@ -337,7 +303,7 @@ class Views:
         self.check_model(name, version)
         model = self.ready_model()
         with self.gate.admit():
-            body = read_body(self.s.max_body_bytes)
+            body = self.body()
             inference = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH), model.signature)
             names = inference.output_names(model.signature)
             model.signature.check_outputs(names)

@@ -26,6 +26,7 @@ class WorkerSettings:
     max_concurrency: int
     max_waiting: int
     max_body_bytes: int
+    read_timeout: float = 30.0  # seconds a request body may stall
     batch: bool = False  # the card's "batch": the first dimension is a batch of rows
 
 
