@@ -119,7 +119,7 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet
     }
     # As little as systemd and the inner engine need (docs/ansible.md, "Local nodes").
     assert orchestrator["HostConfig"]["Privileged"] is False
-    assert sorted(orchestrator["HostConfig"]["CapAdd"]) == ["NET_ADMIN", "SYS_ADMIN"]
+    assert sorted(orchestrator["HostConfig"]["CapAdd"]) == ["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]
     assert orchestrator["HostConfig"]["CgroupnsMode"] == "host"
     assert json.loads(docker("inspect", f"{FLEET}-worker-1"))[0]["HostConfig"]["PortBindings"] in ({}, None)
 
