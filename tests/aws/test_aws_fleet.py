@@ -20,6 +20,7 @@ ADMIN = "203.0.113.7/32"
 CLIENTS = "198.51.100.0/24"
 EXTRA_TAGS = {"CostCenter": "ml-serving", "Owner": "onnxfleet-tests"}
 NEWEST_NOBLE = "ami-0a0b0c0d0e0f00002"  # see amis.json: the newest amd64 Ubuntu 24.04 from Canonical
+NEWEST_DEBIAN = "ami-0a0b0c0d0e0f00006"  # the newest amd64 Debian 12 (not backports, not arm64)
 ORCH_SG, WORKER_SG = f"{FLEET}-orchestrator", f"{FLEET}-worker"
 
 
@@ -31,6 +32,11 @@ def nodes(ec2: Any) -> dict[str, dict[str, Any]]:
         assert node not in found, f"two live instances for {node}"
         found[node] = instance
     return found
+
+
+def same_shape(ec2: Any) -> list[str]:
+    """The worker count the fleet has now (an earlier test may have scaled it)."""
+    return ["-e", f"fleet_worker_count={sum(node != 'orchestrator' for node in nodes(ec2))}"]
 
 
 def expected_nodes(workers: int) -> set[str]:
@@ -241,11 +247,11 @@ def test_instances_are_hardened_and_spread(ec2: Any, first_run: dict[str, Any]) 
         role = "orchestrator" if node == "orchestrator" else "worker"
         assert tags["Role"] == role
         assert tags["Name"] == f"{FLEET}-{node}"
-        assert tags["SshUser"] == "ubuntu"
-        assert instance["InstanceType"] == "m4.large"
-        # the newest amd64 Ubuntu 24.04 of Canonical's: not the arm64 one, not a look-alike
-        # from another owner, not the older build
-        assert instance["ImageId"] == NEWEST_NOBLE
+        assert tags["SshUser"] == "admin"
+        assert instance["InstanceType"] == "c7i.large"
+        # the newest amd64 Debian 12 of Debian's: not the arm64 one, not a backports build,
+        # not the older build
+        assert instance["ImageId"] == NEWEST_DEBIAN
         assert instance["KeyName"] == FLEET
         assert instance.get("PublicIpAddress")
         assert [g["GroupId"] for g in instance["SecurityGroups"]] == [
@@ -254,7 +260,7 @@ def test_instances_are_hardened_and_spread(ec2: Any, first_run: dict[str, Any]) 
         assert instance["MetadataOptions"]["HttpTokens"] == "required"
         assert instance["MetadataOptions"]["HttpEndpoint"] == "enabled"
         [mapping] = instance["BlockDeviceMappings"]
-        assert mapping["DeviceName"] == "/dev/sda1"
+        assert mapping["DeviceName"] == "/dev/xvda"
         [volume] = ec2.describe_volumes(VolumeIds=[mapping["Ebs"]["VolumeId"]])["Volumes"]
         assert (volume["VolumeType"], volume["Encrypted"]) == ("gp3", True)
         assert volume["Size"] == (16 if role == "orchestrator" else 32)
@@ -317,7 +323,8 @@ def test_inventory_gives_the_groups_and_variables(
         assert host["fleet_node"] == node
         assert host["fleet_private_address"] == instance["PrivateIpAddress"]
         assert host["ansible_host"] == instance["PublicIpAddress"]
-        assert host["ansible_user"] == "ubuntu"
+        assert host["ansible_user"] == "admin"
+        assert host["fleet_architecture"] == "amd64"
 
 
 ROUTES_TEMPLATE = ROOT / "roles" / "orchestrator" / "templates" / "routes.json.j2"
@@ -349,8 +356,16 @@ def test_routing_table_renders_from_the_inventory(
     assert {c["max_concurrency"] for c in table["containers"]} == {1}
 
 
+def known_hosts(aws_env: dict[str, str]) -> Path:
+    return Path(aws_env["XDG_STATE_HOME"]) / "onnxfleet" / FLEET / "known_hosts"
+
+
 def test_worker_count_converges_with_stable_names(
-    ec2: Any, first_run: dict[str, Any], provision: Callable[..., Run], ansible: Callable[..., Run]
+    ec2: Any,
+    first_run: dict[str, Any],
+    provision: Callable[..., Run],
+    ansible: Callable[..., Run],
+    aws_env: dict[str, str],
 ) -> None:
     ids = {node: i["InstanceId"] for node, i in nodes(ec2).items()}
     # a rule added by hand (SSH from anywhere) is removed by the next run
@@ -368,6 +383,14 @@ def test_worker_count_converges_with_stable_names(
     assert ("tcp", 22, 22, "0.0.0.0/0") not in rule_set(security_group(ec2, WORKER_SG)["IpPermissions"])
     assert provision("-e", "fleet_worker_count=6").check().changed == 0
 
+    # Host keys Ansible remembered (as StrictHostKeyChecking=accept-new does on first contact).
+    remembered = {node: i["PublicIpAddress"] for node, i in six.items()}
+    known_hosts(aws_env).write_text(
+        "".join(
+            f"{address} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{node}\n" for node, address in remembered.items()
+        )
+    )
+
     assert provision("-e", "fleet_worker_count=3").check().changed > 0
     three = nodes(ec2)
     assert set(three) == expected_nodes(3)
@@ -382,9 +405,85 @@ def test_worker_count_converges_with_stable_names(
     listing = inventory(ansible)
     assert set(listing["workers"]["hosts"]) == {f"{FLEET}-worker-{i}" for i in (1, 2, 3)}
 
+    # The terminated nodes' addresses go back to AWS, which hands them to other instances:
+    # their host keys are forgotten; the kept nodes' are not.
+    still_known = {line.split()[0] for line in known_hosts(aws_env).read_text().splitlines()}
+    assert still_known == {remembered[node] for node in expected_nodes(3)}
+
+
+def test_changed_cost_tags_retag_the_fleet_and_orphan_nothing(
+    ec2: Any, first_run: dict[str, Any], provision: Callable[..., Run]
+) -> None:
+    shape = same_shape(ec2)
+    before = fleet_resources(ec2)
+    assert provision(*shape, "-e", '{"fleet_extra_tags": {"CostCenter": "research"}}').check().changed > 0
+    after = fleet_resources(ec2)
+    assert {kind: sorted(ids) for kind, ids in after.items()} == {
+        kind: sorted(ids) for kind, ids in before.items()
+    }, "the same resources, found again by the fleet's own tags"
+    [table] = ec2.describe_route_tables(RouteTableIds=after["route_tables"])["RouteTables"]
+    [vpc] = ec2.describe_vpcs(VpcIds=after["vpcs"])["Vpcs"]
+    for resource in (table, vpc):
+        assert tags_of(resource)["CostCenter"] == "research"
+        assert "Owner" not in tags_of(resource), "a cost tag no longer asked for is removed"
+    assert provision(*shape).check().changed > 0, "back to the test's cost tags"
+    assert {kind: sorted(ids) for kind, ids in fleet_resources(ec2).items()} == {
+        kind: sorted(ids) for kind, ids in before.items()
+    }
+
+
+def test_a_changed_vpc_cidr_is_refused(
+    ec2: Any, first_run: dict[str, Any], provision: Callable[..., Run]
+) -> None:
+    vpcs = fleet_resources(ec2)["vpcs"]
+    run = provision("-e", "aws_fleet_vpc_cidr=10.50.0.0/16")
+    assert run.rc != 0
+    assert "and a VPC's CIDR cannot change" in run.output
+    assert "aws_fleet_vpc_cidr is 10.50.0.0/16" in run.output
+    assert fleet_resources(ec2)["vpcs"] == vpcs, "no second VPC"
+
+
+def test_an_instance_type_change_is_refused_unless_allowed_then_rolled(
+    ec2: Any, first_run: dict[str, Any], provision: Callable[..., Run]
+) -> None:
+    shape = same_shape(ec2)
+    before = nodes(ec2)
+    run = provision(*shape, "-e", "aws_fleet_worker_instance_type=m7i.large")
+    assert run.rc != 0
+    assert "aws_fleet_allow_instance_type_change=true" in run.output
+    assert "worker-1 runs c7i.large" in run.output
+    assert {n: (i["InstanceType"], i["State"]["Name"]) for n, i in nodes(ec2).items()} == {
+        n: ("c7i.large", "running") for n in before
+    }, "nothing stopped, nothing changed"
+
+    resize = [
+        *shape,
+        "-e",
+        "aws_fleet_worker_instance_type=m7i.large",
+        "-e",
+        "aws_fleet_allow_instance_type_change=true",
+    ]
+    run = provision(*resize).check()
+    assert run.changed > 0
+    after = nodes(ec2)
+    assert {n: i["InstanceId"] for n, i in after.items()} == {n: i["InstanceId"] for n, i in before.items()}
+    assert {n: (i["InstanceType"], i["State"]["Name"]) for n, i in after.items()} == {
+        n: ("c7i.large" if n == "orchestrator" else "m7i.large", "running") for n in before
+    }
+    # one node at a time, workers in order (each change waits until the node runs again)
+    changes = [line for line in run.output.splitlines() if "c7i.large -> m7i.large" in line]
+    assert [line.split("=> (item=")[1].split()[0] for line in changes] == sorted(
+        (n for n in before if n != "orchestrator"), key=lambda n: int(n.split("-")[1])
+    )
+    assert provision(*resize).check().changed == 0
+
 
 def test_teardown_removes_exactly_the_fleet(
-    ec2: Any, first_run: dict[str, Any], unrelated: dict[str, str], ansible: Callable[..., Run]
+    ec2: Any,
+    first_run: dict[str, Any],
+    unrelated: dict[str, str],
+    ansible: Callable[..., Run],
+    aws_env: dict[str, str],
 ) -> None:
     def teardown() -> Run:
         return ansible(
@@ -413,5 +512,6 @@ def test_teardown_removes_exactly_the_fleet(
     running = {i["InstanceId"] for i in live_instances(ec2, [])}
     assert {unrelated["instance"], unrelated["other_instance"]} <= running
     assert ec2.describe_key_pairs(KeyNames=[unrelated["other_key"]])["KeyPairs"]
+    assert not known_hosts(aws_env).exists(), "the fleet's host keys are forgotten"
 
     assert teardown().changed == 0
