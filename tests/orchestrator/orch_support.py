@@ -136,6 +136,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read one HTTP answer (Content-Length framed) from ``sock``: status, headers (names
+    lowercased), body. Bytes after it stay in the socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(1)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head = data[:-4].decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
+    body = b""
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = sock.recv(int(headers["content-length"]) - len(body))
+        assert chunk, "connection closed in the body"
+        body += chunk
+    return int(head[0].split()[1]), headers, body
+
+
 def raw_request(
     port: int, path: str = "/run_model", request_id: str = "", body: bytes = b"{}"
 ) -> socket.socket:

@@ -1,46 +1,45 @@
-"""The orchestrator's HTTP application: routes, authentication, answers, logs."""
+"""The orchestrator's HTTP application: routes, tokens, answers, the life of the process."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import hmac
 import json
 import logging
-import signal
 import time
-from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from onnxfleet.orchestrator.asgi import (
-    App,
+from onnxfleet.orchestrator.dispatcher import Dispatcher
+from onnxfleet.orchestrator.errors import (
+    BadRequest,
     HTTPError,
-    Reply,
-    Request,
-    Router,
-    error_reply,
-    json_reply,
+    NotFound,
+    ShuttingDown,
+    Unauthorized,
 )
-from onnxfleet.orchestrator.disconnects import DisconnectWatch
-from onnxfleet.orchestrator.dispatch import Container, Dispatcher, Exchange, Rejected
+from onnxfleet.orchestrator.exchange import Exchange, Forwarder
 from onnxfleet.orchestrator.forward import request_bytes, response_headers
 from onnxfleet.orchestrator.health import HealthChecker
+from onnxfleet.orchestrator.history import History
 from onnxfleet.orchestrator.jobs import Job, JobStore, result_body
 from onnxfleet.orchestrator.metrics import Metrics
+from onnxfleet.orchestrator.roster import Container, Roster
+from onnxfleet.orchestrator.router import Router
 from onnxfleet.orchestrator.routes import HealthSpec, RoutesError, RoutingTable, load_table
-from onnxfleet.orchestrator.upstream import Response
+from onnxfleet.orchestrator.server import Reply, Request, Route, error_reply, json_reply
 
 access_log = logging.getLogger("onnxfleet.orchestrator.access")
 log = logging.getLogger("onnxfleet.orchestrator")
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
 _DEADLINE = DEADLINE_HEADER.lower().encode()
-HISTORY_SECONDS = 300
+_METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
 @dataclass(frozen=True)
@@ -62,36 +61,63 @@ def _credentials(token: str | None) -> bytes | None:
 
 
 def _check_token(request: Request, expected: bytes | None) -> None:
-    if expected is None:
-        return
-    if not hmac.compare_digest(request.header(b"authorization") or b"", expected):
-        raise HTTPError(
-            401,
-            "unauthorized",
-            "expected Authorization: Bearer <token>",
-            [(b"www-authenticate", b"Bearer")],
+    if expected is not None and not hmac.compare_digest(request.header(b"authorization") or b"", expected):
+        raise Unauthorized()
+
+
+def _deadline(request: Request) -> float | None:
+    """The instant ``X-Request-Timeout-Ms`` sets, or None (400 for anything but 1 … 86400000)."""
+    value = request.header(_DEADLINE)
+    if value is None:
+        return None
+    text = value.strip()
+    if not (0 < len(text) <= 8 and text.isdigit() and 0 < int(text) <= 86_400_000):
+        shown = text[:40].decode("latin-1")
+        raise BadRequest(
+            f"{DEADLINE_HEADER}: expected a whole number of milliseconds between 1 and 86400000, "
+            f"got '{shown}'"
         )
+    return time.monotonic() + int(text) / 1000.0
 
 
 class Orchestrator:
     def __init__(self, settings: Settings, table: RoutingTable) -> None:
         self.settings = settings
         self.table = table
-        self.dispatcher = Dispatcher(table.queue, settings.upstream_timeout_s, settings.retries)
-        self.metrics = Metrics(self.dispatcher)
-        self.health = HealthChecker(self.dispatcher, table.health)
+        self.roster = Roster()
+        self.dispatcher = Dispatcher(table.queue, self.roster)
+        self.forwarder = Forwarder(self.dispatcher, settings.upstream_timeout_s, settings.retries)
+        self.health = HealthChecker(self.dispatcher, self.forwarder, table.health)
+        self.metrics = Metrics(self.dispatcher, self.forwarder)
         self.jobs = JobStore(settings.job_ttl_s, settings.max_jobs)
+        self.history = History(lambda: len(self.dispatcher.queue))
         self.api_credentials = _credentials(settings.api_token)
         self.admin_credentials = _credentials(settings.admin_token)
-        self.disconnects = DisconnectWatch(self.dispatcher)
         self.started = time.time()
-        self.answered: dict[int, int] = {}
-        # per-second history for the dashboard: [t, answers, errors, sum of latency s, depth]
-        self.history: deque[list[float]] = deque(maxlen=HISTORY_SECONDS)
-        self._second = [float(int(time.time())), 0.0, 0.0, 0.0, 0.0]
-        self._ticker: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.router = self._routes()
 
-    # -- lifecycle --------------------------------------------------------------------
+    def _routes(self) -> Router:
+        router = Router()
+        infer_guard, api_guard, admin_guard = self._infer_guard, self._api_guard, self._admin_guard
+        router.add("POST", "/run_model", self.infer, infer_guard)
+        router.add("POST", "/v2/models/{name}/infer", self.infer, infer_guard)
+        router.add("POST", "/jobs", self.submit_job, self._job_guard)
+        router.add("GET", "/jobs/{id}", self.get_job, api_guard)
+        router.add("POST", "/admin/reload", self.admin_reload, admin_guard)
+        router.add("POST", "/admin/drain", self.admin_drain, admin_guard)
+        router.add("POST", "/admin/ready", self.admin_ready, admin_guard)
+        router.add("GET", "/status", self.get_status)
+        router.add("GET", "/metrics", self.get_metrics)
+        router.add("GET", "/healthz", self.healthz)
+        router.add("GET", "/readyz", self.readyz)
+        router.add("GET", "/", self.dashboard)
+        return router
+
+    def route(self, request: Request) -> Route:
+        return self.router.route(request)
+
+    # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         # Each request allocates a few hundred short-lived objects: with the default
         # thresholds the cyclic GC runs every few requests and its full passes walk every
@@ -102,32 +128,28 @@ class Orchestrator:
         gc.set_threshold(50_000, 50, 100)
         self.dispatcher.apply(self.table.containers, self.table.queue)
         self.health.sync(self.table.health)
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._sighup)
+        self.history.start()
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing waiting for a container."""
+        return not self.dispatcher.queue and all(c.inflight == 0 for c in self.roster.containers)
+
+    def fail_queue(self) -> None:
+        """Stopping: whatever still waits in the queue gets 503 ``shutting_down``."""
+        d = self.dispatcher
+        for ex in list(d.queue.values()):
+            d.withdraw(ex)
+            ex.finish(None, ShuttingDown("the orchestrator is stopping: retry", retry_after=1))
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        self.history.stop()
+        for task in list(self.tasks):
+            task.cancel()
         await self.health.close()
-        await self.disconnects.close()
-        for c in self.dispatcher.containers:
-            c.pool.close()
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(1.0 - time.time() % 1.0)
-            self._roll_second()
-
-    def _roll_second(self) -> None:
-        now = float(int(time.time()))
-        if now > self._second[0]:
-            self._second[4] = len(self.dispatcher.queue)
-            self.history.append(self._second)
-            self._second = [now, 0.0, 0.0, 0.0, 0.0]
+        self.roster.close()
 
     def reload(self) -> dict[str, Any]:
-        """Re-read the routing table (raises RoutesError and keeps the old one)."""
+        """Re-read the routing table (raises RoutesError and keeps the current one)."""
         table = load_table(self.settings.routes_path, self.settings.health_defaults)
         changes = self.dispatcher.apply(table.containers, table.queue)
         self.health.sync(table.health)
@@ -135,160 +157,144 @@ class Orchestrator:
         log.info("routing table reloaded", extra=changes)
         return {**changes, "containers": len(table.containers)}
 
-    def _sighup(self) -> None:
-        try:
-            self.reload()
-        except RoutesError as exc:
-            log.error("reload refused, keeping the current routing table: %s", exc)
+    def _later(self, request: Request, work: Coroutine[Any, Any, Reply]) -> None:
+        """Answer ``request`` when ``work`` is done (the few handlers that wait)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
 
-    # -- answers ----------------------------------------------------------------------
-    def _record(self, status: int, started: float) -> None:
-        self.answered[status] = self.answered.get(status, 0) + 1
-        self.metrics.answered(status)
-        elapsed = time.monotonic() - started
-        self.metrics.duration.observe(elapsed)
-        second = self._second
-        if time.time() >= second[0] + 1.0:
-            self._roll_second()
-            second = self._second
-        second[1] += 1
-        second[3] += elapsed
-        if status >= 500 or status == 429:
-            second[2] += 1
+        def done(task: asyncio.Task[Reply]) -> None:
+            self.tasks.discard(task)
+            if task.cancelled():
+                return
+            exc = task.exception()
+            if exc is None:
+                request.respond(task.result())
+            elif isinstance(exc, HTTPError):
+                request.respond(error_reply(exc))
+            else:
+                log.error("%s %s failed", request.method, request.path, exc_info=exc)
+                request.respond(
+                    error_reply(HTTPError("the orchestrator failed on this request (see its log)"))
+                )
 
-    def _reply(
-        self, request: Request, ex: Exchange, response: Response | None, error: Rejected | None
-    ) -> Reply:
-        status = response.status if response is not None else error.status if error is not None else 500
-        self._record(status, ex.arrived)
-        wait_ms = ex.waited * 1000.0
+        task.add_done_callback(done)
+
+    # -- guards: checks on the request head, before its body is read ----------------------------
+    def _api_guard(self, request: Request) -> None:
+        _check_token(request, self.api_credentials)
+
+    def _admin_guard(self, request: Request) -> None:
+        _check_token(request, self.admin_credentials)
+
+    def _infer_guard(self, request: Request) -> None:
+        _check_token(request, self.api_credentials)
+        request.state = _deadline(request)
+
+    def _job_guard(self, request: Request) -> None:
+        self._infer_guard(request)
+        if self.jobs.full():
+            raise HTTPError(
+                f"{self.jobs.max_jobs} jobs are stored (--max-jobs): retry later",
+                status=429,
+                code="too_many_jobs",
+                retry_after=1,
+            )
+
+    # -- outcomes: one path for direct answers and jobs -----------------------------------------
+    def answer(self, ex: Exchange, method: str, path: str, remote: str | None) -> Reply:
+        """The reply for a finished exchange, counted in the metrics and the access log."""
         container = ex.container.name if ex.container is not None else None
+        wait_ms = b"%.3f" % (ex.waited * 1000.0)
+        response = ex.response
         if response is not None:
             self.metrics.queue_wait.observe(ex.waited)
             headers = response_headers(response)
-            headers.append((b"x-container", (container or "").encode()))
-            headers.append((b"x-queue-wait-ms", b"%.3f" % wait_ms))
-            reply = Reply(status, response.body, headers)
+            headers.append((b"X-Container", (container or "").encode()))
+            headers.append((b"X-Queue-Wait-Ms", wait_ms))
+            reply = Reply(response.status, response.body, headers)
         else:
-            assert error is not None
-            reply = error_reply(status, error.error, error.reason, error.retry_after)
+            error = ex.error or HTTPError("the request ended without an answer")
+            reply = error_reply(error)
             if container is not None:
-                reply.headers.append((b"x-container", container.encode()))
-            reply.headers.append((b"x-queue-wait-ms", b"%.3f" % wait_ms))
+                reply.headers.append((b"X-Container", container.encode()))
+            reply.headers.append((b"X-Queue-Wait-Ms", wait_ms))
+        elapsed = time.monotonic() - ex.arrived
+        self.metrics.answered(reply.status, elapsed)
+        self.history.answered(reply.status, elapsed)
         if self.settings.access_log:
             access_log.info(
                 "%s %s %d",
-                request.method,
-                request.path,
-                status,
+                method,
+                path,
+                reply.status,
                 extra={
-                    "status": status,
-                    "path": request.path,
+                    "status": reply.status,
+                    "path": path,
                     "container": container,
-                    "queue_wait_ms": round(wait_ms, 3),
-                    "duration_ms": round((time.monotonic() - ex.arrived) * 1000.0, 3),
+                    "queue_wait_ms": round(ex.waited * 1000.0, 3),
+                    "duration_ms": round(elapsed * 1000.0, 3),
                     "retries": ex.attempts,
-                    "error": error.error if error is not None else None,
-                    "remote": request.remote,
+                    "error": ex.error.code if ex.error is not None else None,
+                    "remote": remote,
                 },
             )
         return reply
 
-    def _deadline(self, request: Request) -> float | None:
-        value = request.header(_DEADLINE)
-        if value is None:
-            return None
-        raw = value.decode("latin-1")
-        if not raw.strip().isdigit() or not 0 < int(raw) <= 86_400_000:
-            raise HTTPError(
-                400,
-                "bad_request",
-                f"{DEADLINE_HEADER}: expected a whole number of milliseconds between 1 and 86400000, "
-                f"got {raw!r}",
-            )
-        return time.monotonic() + int(raw) / 1000.0
+    # -- inference ----------------------------------------------------------------------------
+    def infer(self, request: Request) -> None:
+        def done(ex: Exchange) -> None:
+            request.respond(self.answer(ex, request.method, request.path, request.remote))
 
-    async def _exchange(self, request: Request, path: bytes) -> Exchange:
-        _check_token(request, self.api_credentials)
-        deadline = self._deadline(request)
-        body = await request.body(self.settings.max_body_bytes)
-        return Exchange(request_bytes(path, request.headers, body), deadline, asyncio.get_running_loop())
-
-    # -- inference --------------------------------------------------------------------
-    async def infer(self, request: Request) -> Reply:
-        ex = await self._exchange(request, request.raw_path)
+        ex = Exchange(request_bytes(request.raw_path, request.headers, request.body), request.state, done)
         try:
             self.dispatcher.submit(ex)
-        except Rejected as exc:
-            return self._reply(request, ex, None, exc)
-        queued = ex.key is not None
-        if queued:
-            self.disconnects.add(ex, request.receive)
-        try:
-            response = await ex.future
-        except Rejected as exc:
-            return self._reply(request, ex, None, exc)
-        except asyncio.CancelledError:  # the server gave up on it (stopping): out of the queue
-            self.dispatcher.withdraw(ex)
-            raise
-        finally:
-            if queued:
-                self.disconnects.discard(ex)
-        return self._reply(request, ex, response, None)
+        except HTTPError as exc:
+            ex.finish(None, exc)
+            return
 
-    async def submit_job(self, request: Request) -> Reply:
-        _check_token(request, self.api_credentials)
-        if self.jobs.full():
-            return error_reply(
-                429, "too_many_jobs", f"{self.jobs.max_jobs} jobs are stored (--max-jobs)", retry_after=1
-            )
-        ex = await self._exchange(request, b"/run_model")
-        try:
-            self.dispatcher.submit(ex)
-        except Rejected as exc:
-            return error_reply(exc.status, exc.error, exc.reason, exc.retry_after)
-        job = Job(ex)
+        def client_left() -> None:
+            self.dispatcher.withdraw(ex)  # a queued request leaves the queue
+            ex.abandon()
+
+        request.on_abort = client_left
+
+    def submit_job(self, request: Request) -> Reply:
+        job = Job()
+        remote = request.remote  # the job outlives the request: keep none of its bytes
+        ex = Exchange(
+            request_bytes(b"/run_model", request.headers, request.body),
+            request.state,
+            lambda ex: self._job_done(job, ex, remote),
+        )
+        self.dispatcher.submit(ex)  # refusals (queue full, no container) are the answer
+        job.exchange = ex
         position = self.dispatcher.position(ex)
         job.status = "running" if position is None else "queued"
         self.jobs.add(job)
-        ex.future.add_done_callback(lambda _f: self._job_done(job))
         status_url = f"/jobs/{job.id}"
         return json_reply(
             {"id": job.id, "status": job.status, "position": position or 0, "status_url": status_url},
             status=202,
-            headers=[(b"location", status_url.encode())],
+            headers=[(b"Location", status_url.encode())],
         )
 
-    def _job_done(self, job: Job) -> None:
-        ex = job.exchange
-        error: BaseException | None = (
-            Rejected("the orchestrator stopped") if ex.future.cancelled() else ex.future.exception()
-        )
-        status = ex.future.result().status if error is None else getattr(error, "status", 500)
-        self._record(status, ex.arrived)
-        result: dict[str, Any] = {
-            "status_code": status,
+    def _job_done(self, job: Job, ex: Exchange, remote: str | None) -> None:
+        reply = self.answer(ex, "POST", "/jobs", remote)
+        result = {
+            "status_code": reply.status,
             "container": ex.container.name if ex.container is not None else None,
+            "model_version": ex.response.header("X-Model-Version") if ex.response is not None else None,
             "queue_wait_ms": round(ex.waited * 1000.0, 3),
+            "body": result_body(reply.body, _content_type(reply)),
         }
-        if error is not None:
-            result.update(
-                error=getattr(error, "error", "internal"), reason=getattr(error, "reason", str(error))
-            )
-            self.jobs.finish(job, "failed", result)
-            return
-        response = ex.future.result()
-        result["model_version"] = response.header("X-Model-Version")
-        result["body"] = result_body(response.body, response.header("Content-Type"))
-        self.jobs.finish(job, "done", result)
+        self.jobs.finish(job, "done" if ex.response is not None else "failed", result)
 
-    async def get_job(self, request: Request) -> Reply:
-        _check_token(request, self.api_credentials)
+    def get_job(self, request: Request) -> Reply:
         job = self.jobs.get(request.params["id"])
         if job is None:
-            return error_reply(404, "unknown_job", "no such job (unknown id, or its result expired)")
+            raise NotFound("no such job: unknown id, or its result expired (--job-ttl)")
         view: dict[str, Any] = {"id": job.id, "status": job.status, "created": job.created}
-        if job.status == "queued":
+        if job.status == "queued" and job.exchange is not None:
             position = self.dispatcher.position(job.exchange)
             if position is None:  # it got its slot since
                 job.status = view["status"] = "running"
@@ -299,74 +305,86 @@ class Orchestrator:
             view["result"] = job.result
         return json_reply(view)
 
-    # -- admin ------------------------------------------------------------------------
-    async def admin_reload(self, request: Request) -> Reply:
-        _check_token(request, self.admin_credentials)
+    # -- admin ------------------------------------------------------------------------------------
+    def admin_reload(self, _request: Request) -> Reply:
         try:
             changes = self.reload()
         except RoutesError as exc:
-            return error_reply(400, "bad_routing_table", f"{exc}; the current table is kept")
+            raise HTTPError(
+                f"{exc}; the current table is kept", status=400, code="bad_routing_table"
+            ) from None
         return json_reply(changes)
 
-    async def _selection(self, request: Request) -> tuple[dict[str, Any], list[Container]]:
-        _check_token(request, self.admin_credentials)
-        raw = await request.body(self.settings.max_body_bytes)
+    def _selection(self, request: Request) -> tuple[dict[str, Any], list[Container]]:
+        expected = 'expected a JSON object {"node": NAME} or {"container": NAME}'
         try:
-            body = json.loads(raw) if raw else {}
+            body = json.loads(request.body) if request.body else {}
         except ValueError:
             body = None
-        expected = 'expected a JSON object {"node": NAME} or {"container": NAME}'
         if not isinstance(body, dict) or len({"node", "container"} & set(body)) != 1:
-            raise HTTPError(400, "bad_request", expected)
+            raise BadRequest(expected)
         key = "node" if "node" in body else "container"
         if not isinstance(body[key], str):
-            raise HTTPError(400, "bad_request", f"{key}: expected a string")
-        selected = self.dispatcher.select(**{key: body[key]})
+            raise BadRequest(f"{key}: expected a string")
+        selected = self.roster.select(**{key: body[key]})
         if not selected:
-            raise HTTPError(404, "not_found", f"no {key} named {body[key]!r} in the routing table")
+            raise NotFound(f"no {key} named '{body[key]}' in the routing table")
         return body, selected
 
-    async def admin_drain(self, request: Request) -> Reply:
-        body, selected = await self._selection(request)
+    def admin_drain(self, request: Request) -> Reply | None:
+        body, selected = self._selection(request)
         wait = body.get("wait", False)
         timeout = body.get("timeout_s", 60)
         if not isinstance(wait, bool):
-            return error_reply(400, "bad_request", "wait: expected true or false")
+            raise BadRequest("wait: expected true or false")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
-            return error_reply(400, "bad_request", "timeout_s: expected a number of seconds in (0, 86400]")
+            raise BadRequest("timeout_s: expected a number of seconds in (0, 86400]")
         self.dispatcher.set_draining(selected, True)
         names = [c.name for c in selected]
         log.info("draining %s", names, extra={"containers": names})
-        if wait:
-            try:
-                await asyncio.wait_for(self.dispatcher.wait_idle(selected), timeout)
-            except TimeoutError:
-                in_flight = sum(c.inflight for c in selected)
-                return error_reply(
-                    504,
-                    "drain_timeout",
-                    f"{in_flight} request(s) still in flight after {timeout}s",
-                    containers=names,
-                    in_flight=in_flight,
-                )
+        if not wait:
+            return self._drained(selected)
+        self._later(request, self._wait_drained(selected, timeout))
+        return None
+
+    async def _wait_drained(self, selected: list[Container], timeout: float) -> Reply:
+        try:
+            await asyncio.wait_for(self.dispatcher.wait_idle(selected), timeout)
+        except TimeoutError:
+            in_flight = sum(c.inflight for c in selected)
+            raise HTTPError(
+                f"{in_flight} request(s) still in flight after {timeout}s",
+                status=504,
+                code="drain_timeout",
+                containers=[c.name for c in selected],
+                in_flight=in_flight,
+            ) from None
+        return self._drained(selected)
+
+    def _drained(self, selected: list[Container]) -> Reply:
         return json_reply(
-            {"containers": names, "state": "draining", "in_flight": sum(c.inflight for c in selected)}
+            {
+                "containers": [c.name for c in selected],
+                "state": "draining",
+                "in_flight": sum(c.inflight for c in selected),
+            }
         )
 
-    async def admin_ready(self, request: Request) -> Reply:
-        _, selected = await self._selection(request)
+    def admin_ready(self, request: Request) -> Reply:
+        _, selected = self._selection(request)
         self.dispatcher.set_draining(selected, False)
         names = [c.name for c in selected]
         log.info("back in service: %s", names, extra={"containers": names})
         return json_reply({"containers": names, "states": {c.name: c.state for c in selected}})
 
-    # -- observation ------------------------------------------------------------------
+    # -- observation ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         d = self.dispatcher
-        containers = [c.as_dict() for c in d.containers]
+        containers = self.roster.containers
+        by_code = self.metrics.by_code
         return {
             "ready": d.any_accepting(),
-            "containers": containers,
+            "containers": [c.as_dict() for c in containers],
             "queue": {
                 "depth": len(d.queue),
                 "max_length": d.queue_spec.max_length,
@@ -374,69 +392,45 @@ class Orchestrator:
             },
             "service_time_ms": round(d.service_ewma_s * 1000.0, 3),
             "totals": {
-                "answered": sum(self.answered.values()),
-                "by_status": {str(k): v for k, v in sorted(self.answered.items())},
-                "in_flight": sum(c.inflight for c in d.containers),
-                "served": sum(c.served for c in d.containers),
-                "errors": sum(c.errors for c in d.containers),
-                "retries": d.retried,
+                "answered": sum(by_code.values()),
+                "by_status": {str(k): v for k, v in sorted(by_code.items())},
+                "in_flight": sum(c.inflight for c in containers),
+                "served": sum(c.served for c in containers),
+                "errors": sum(c.errors for c in containers),
+                "retries": self.forwarder.retried,
                 "rejected": dict(d.rejected),
             },
             "jobs": {"stored": len(self.jobs.jobs), "max": self.jobs.max_jobs},
-            "history": [
-                {
-                    "t": int(t),
-                    "answers": int(n),
-                    "errors": int(e),
-                    "mean_ms": round(s / n * 1000, 3) if n else None,
-                    "queue_depth": int(q),
-                }
-                for t, n, e, s, q in self.history
-            ],
+            "history": self.history.view(),
             "uptime_s": round(time.time() - self.started, 1),
         }
 
-    async def get_status(self, _request: Request) -> Reply:
+    def get_status(self, _request: Request) -> Reply:
         return json_reply(self.status())
 
-    async def get_metrics(self, _request: Request) -> Reply:
-        return Reply(200, generate_latest(self.metrics.registry), [(b"content-type", _METRICS_TYPE)])
+    def get_metrics(self, _request: Request) -> Reply:
+        return Reply(200, generate_latest(self.metrics.registry), [(b"Content-Type", _METRICS_TYPE)])
 
-    async def healthz(self, _request: Request) -> Reply:
+    def healthz(self, _request: Request) -> Reply:
         return json_reply({"status": "alive"})
 
-    async def readyz(self, _request: Request) -> Reply:
+    def readyz(self, _request: Request) -> Reply:
         ready = self.dispatcher.any_accepting()
         return json_reply(
             {
                 "status": "ready" if ready else "no ready container",
-                "ready_containers": sum(c.accepting for c in self.dispatcher.containers),
+                "ready_containers": sum(c.accepting for c in self.roster.containers),
             },
             status=200 if ready else 503,
         )
 
-    async def dashboard(self, _request: Request) -> Reply:
+    def dashboard(self, _request: Request) -> Reply:
         page = resources.files("onnxfleet.orchestrator").joinpath("dashboard.html").read_bytes()
-        return Reply(200, page, [(b"content-type", b"text/html")])
+        return Reply(200, page, [(b"Content-Type", b"text/html; charset=utf-8")])
 
 
-_METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
-
-
-def build_app(settings: Settings, table: RoutingTable) -> App:
-    """The ASGI application (lifespan: start and stop the orchestrator)."""
-    orchestrator = Orchestrator(settings, table)
-    router = Router()
-    router.add("POST", "/run_model", orchestrator.infer)
-    router.add("POST", "/v2/models/{name}/infer", orchestrator.infer)
-    router.add("POST", "/jobs", orchestrator.submit_job)
-    router.add("GET", "/jobs/{id}", orchestrator.get_job)
-    router.add("POST", "/admin/reload", orchestrator.admin_reload)
-    router.add("POST", "/admin/drain", orchestrator.admin_drain)
-    router.add("POST", "/admin/ready", orchestrator.admin_ready)
-    router.add("GET", "/status", orchestrator.get_status)
-    router.add("GET", "/metrics", orchestrator.get_metrics)
-    router.add("GET", "/healthz", orchestrator.healthz)
-    router.add("GET", "/readyz", orchestrator.readyz)
-    router.add("GET", "/", orchestrator.dashboard)
-    return App(router, orchestrator.start, orchestrator.stop)
+def _content_type(reply: Reply) -> str | None:
+    for name, value in reply.headers:
+        if name.lower() == b"content-type":
+            return value.decode("latin-1")
+    return None

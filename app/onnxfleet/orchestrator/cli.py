@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from onnxfleet.orchestrator.app import Settings
+    from onnxfleet.orchestrator.routes import HealthSpec, RoutingTable
+    from onnxfleet.orchestrator.server import Limits
 
 DEFAULT_BIND = "0.0.0.0:8000"
 
@@ -85,44 +89,47 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name}: expected a value > 0, got {value}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from onnxfleet import logs
-    from onnxfleet.gunicorn_app import serve
-    from onnxfleet.orchestrator.routes import HealthSpec, RoutesError, load_table
+class _Table:
+    """The routing table the next worker starts with: read again by the arbiter on SIGHUP."""
 
-    logs.configure("orchestrator", args.log_level)
-    try:
-        for name in ("--upstream-timeout", "--job-ttl", "--health-interval", "--health-timeout"):
-            _positive(name, getattr(args, name[2:].replace("-", "_")))
-        for name in ("--max-jobs", "--max-body-bytes", "--health-fall", "--health-rise"):
-            _positive(name, getattr(args, name[2:].replace("-", "_")))
-        if args.retries < 0:
-            raise ValueError(f"--retries: expected a value >= 0, got {args.retries}")
-        health = HealthSpec(
-            interval_s=args.health_interval,
-            timeout_s=args.health_timeout,
-            fall=args.health_fall,
-            rise=args.health_rise,
-        )
-        table = load_table(args.routes, health)
-        admin_token = _token(args.admin_token_file, "ONNXFLEET_ADMIN_TOKEN")
-        api_token = _token(args.api_token_file, "ONNXFLEET_API_TOKEN")
-    except (RoutesError, ValueError, OSError) as exc:
-        print(f"onnxfleet orchestrator: {exc}", file=sys.stderr)
-        return 2
+    def __init__(self, path: str, health: HealthSpec, table: RoutingTable) -> None:
+        self.path, self.health, self.table = path, health, table
 
-    from onnxfleet.orchestrator.app import Settings, build_app
+    def reload(self, _arbiter: Any) -> None:
+        from onnxfleet.orchestrator.routes import RoutesError, load_table
 
-    if admin_token is None:
-        logging.getLogger("onnxfleet.orchestrator").warning(
-            "no admin token (--admin-token-file, $ONNXFLEET_ADMIN_TOKEN): /admin/* is open to anyone "
-            "who reaches this port"
-        )
+        try:
+            self.table = load_table(self.path, self.health)
+        except RoutesError as exc:
+            logging.getLogger("onnxfleet.orchestrator").error(
+                "reload refused, the new worker keeps the current routing table: %s", exc
+            )
 
+
+def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Table]:
+    """What the command line asks for, checked (raises RoutesError, ValueError, OSError)."""
+    from onnxfleet.orchestrator.app import Settings
+    from onnxfleet.orchestrator.routes import HealthSpec, load_table
+    from onnxfleet.orchestrator.server import Limits
+
+    for name in ("--upstream-timeout", "--job-ttl", "--health-interval", "--health-timeout"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    for name in ("--max-jobs", "--max-body-bytes", "--health-fall", "--health-rise"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.retries < 0:
+        raise ValueError(f"--retries: expected a value >= 0, got {args.retries}")
+    health = HealthSpec(
+        interval_s=args.health_interval,
+        timeout_s=args.health_timeout,
+        fall=args.health_fall,
+        rise=args.health_rise,
+    )
+    routes_path = str(Path(args.routes).resolve())
+    table = _Table(routes_path, health, load_table(routes_path, health))
     settings = Settings(
-        routes_path=str(Path(args.routes).resolve()),
-        admin_token=admin_token,
-        api_token=api_token,
+        routes_path=routes_path,
+        admin_token=_token(args.admin_token_file, "ONNXFLEET_ADMIN_TOKEN"),
+        api_token=_token(args.api_token_file, "ONNXFLEET_API_TOKEN"),
         upstream_timeout_s=args.upstream_timeout,
         retries=args.retries,
         job_ttl_s=args.job_ttl,
@@ -131,9 +138,30 @@ def run(args: argparse.Namespace) -> int:
         health_defaults=health,
         access_log=args.access_log,
     )
+    return settings, Limits(max_body_bytes=args.max_body_bytes), table
 
+
+def run(args: argparse.Namespace) -> int:
+    from onnxfleet import logs
+    from onnxfleet.gunicorn_app import serve
+    from onnxfleet.orchestrator.routes import RoutesError
+
+    logs.configure("orchestrator", args.log_level)
+    try:
+        settings, limits, table = load(args)
+    except (RoutesError, ValueError, OSError) as exc:
+        print(f"onnxfleet orchestrator: {exc}", file=sys.stderr)
+        return 2
+
+    from onnxfleet.orchestrator.service import Service
+
+    if settings.admin_token is None:
+        logging.getLogger("onnxfleet.orchestrator").warning(
+            "no admin token (--admin-token-file, $ONNXFLEET_ADMIN_TOKEN): /admin/* is open to anyone "
+            "who reaches this port"
+        )
     serve(
-        lambda: build_app(settings, table),
+        lambda: Service(settings, table.table, limits),
         {
             "bind": args.bind,
             # One process: the queue and the slot table are in-memory state (see
@@ -143,17 +171,7 @@ def run(args: argparse.Namespace) -> int:
             "worker_class": "onnxfleet.orchestrator.worker.OrchestratorWorker",
             "graceful_timeout": 15,
             "timeout": 30,
-            "when_ready": _forward_hup,
+            "on_reload": table.reload,
         },
     )
     return 0
-
-
-def _forward_hup(server: Any) -> None:
-    """Make the gunicorn arbiter pass SIGHUP to the worker instead of replacing it.
-
-    gunicorn's own SIGHUP starts a new worker and retires the old one: two processes
-    would then admit requests to the same containers, and the queue would be split.
-    The worker re-reads the routing table itself, keeping its queue and slots.
-    """
-    server.handle_hup = lambda: server.kill_workers(signal.SIGHUP)
