@@ -45,6 +45,7 @@ class Harness:
             self.health(c, True)
 
     def _start(self, ex: Exchange, c: Container) -> None:
+        assert not ex.done, "an answered request, or one whose client left, was started"
         self.running.append((ex, c))
         self.started.append(ex)
 
@@ -126,6 +127,8 @@ def test_slots_hold_and_the_queue_is_fifo(steps: list[tuple[str, int]]) -> None:
                 ex = submitted[n % len(submitted)]
                 d.withdraw(ex)
                 ex.abandon()
+                assert ex.key is None
+                assert d.position(ex) is None
             elif action in ("down", "up") and d.containers:
                 h.health(d.containers[n % len(d.containers)], action == "up")
             elif action in ("drain", "ready") and d.containers:
@@ -294,3 +297,173 @@ def test_health_needs_rise_passes_and_fall_failures(rise: int, fall: int) -> Non
         for _ in range(rise - 1):
             assert not c.record_check(True, rise, fall)
         assert c.record_check(True, rise, fall)
+
+
+def test_round_robin_among_free_containers_then_the_least_loaded() -> None:
+    def body() -> None:
+        h = Harness()  # a (1 slot), b (2 slots), c (1 slot)
+        for _ in range(4):
+            h.submit()
+        assert [c.name for _, c in h.running] == ["a/0", "b/0", "c/0", "b/0"]
+        waiting = h.submit()
+        assert waiting.key is not None
+        h.answer(0)  # a's slot goes to the head of the queue
+        assert h.running[-1] == (waiting, h.dispatcher.roster.by_name["a/0"])
+        h.answer(0)  # b has one of two taken: b (load 1/2) is picked before a and c (full)
+        nxt = h.submit()
+        assert h.running[-1] == (nxt, h.dispatcher.roster.by_name["b/0"])
+        for _ in range(len(h.running)):
+            h.answer(0)
+        # all free again: the rotation goes on where it stopped, then wraps
+        for _ in range(3):
+            h.submit()
+        assert [c.name for _, c in h.running] == ["c/0", "a/0", "b/0"]
+
+    scenario(body)
+
+
+def test_retry_after_estimates_the_wait_from_the_service_time() -> None:
+    def body() -> None:
+        h = Harness(QueueSpec(max_length=100_000, timeout_s=60), [spec("a/0", "a"), spec("b/0", "b")])
+        d = h.dispatcher
+        assert d.retry_after() == 1  # nothing known yet
+        d.served(1.0)
+        assert d.service_ewma_s == 1.0  # the first measure is taken as is
+        d.served(3.0)
+        assert d.service_ewma_s == pytest.approx(1.1)  # then a moving average (weight 0.05)
+        for _ in range(2 + 9):
+            h.submit()
+        assert len(d.queue) == 9
+        assert d.ready_slots() == 2
+        assert d.retry_after() == 6  # (9 queued + 1) * 1.1 s / 2 slots = 5.5, rounded up
+        for _ in range(10_000):
+            h.submit()
+        assert d.retry_after() == 3600  # capped at an hour
+
+    scenario(body)
+
+
+def test_a_resent_request_goes_to_the_head_of_the_queue() -> None:
+    def body() -> None:
+        h = Harness(table=[spec("a/0", "a")])
+        h.submit()
+        first, second = h.submit(), h.submit()
+        again = h.exchange()
+        h.dispatcher.submit(again, priority=True)
+        assert [h.dispatcher.position(ex) for ex in (again, first, second)] == [0, 1, 2]
+        h.answer()
+        assert h.started[-1] is again
+
+    scenario(body)
+
+
+def test_refusals_say_what_happened() -> None:
+    async def main() -> None:
+        h = Harness(QueueSpec(max_length=1, timeout_s=0.05), [spec("a/0", "a")])
+        d = h.dispatcher
+        h.submit()
+        queued = h.submit()
+        with pytest.raises(HTTPError) as full:
+            h.submit()
+        assert full.value.message == "the queue is full (1 waiting): retry later"
+        await asyncio.sleep(0.1)
+        assert queued.error is not None
+        assert queued.error.message == "waited 0.05s in the queue (queue.timeout_s) without a free slot"
+        assert queued.waited == pytest.approx(0.05, abs=0.04)
+        assert queued.error.retry_after == 1
+        late = h.submit(h.exchange(deadline=time.monotonic() + 0.01))
+        await asyncio.sleep(0.05)
+        assert late.error is not None
+        assert late.error.message == "the request deadline (X-Request-Timeout-Ms) passed while it was queued"
+        with pytest.raises(HTTPError) as already:
+            h.submit(h.exchange(deadline=time.monotonic() - 1))
+        assert already.value.code == "queue_timeout"
+        (c,) = d.containers
+        h.health(c, False)
+        with pytest.raises(HTTPError) as none:
+            h.submit()
+        assert none.value.message == "no container is ready to serve"
+        assert none.value.retry_after == 1
+        assert d.rejected == {"queue_full": 1, "queue_timeout": 3, "no_ready_container": 1}
+
+    asyncio.run(main())
+
+
+def test_the_time_waited_in_the_queue_is_counted() -> None:
+    def body() -> None:
+        h = Harness(table=[spec("a/0", "a")])
+        h.submit()
+        queued = h.submit()
+        time.sleep(0.05)
+        h.answer()
+        assert h.started[-1] is queued
+        assert queued.waited >= 0.05
+        assert queued.key is None
+        assert queued.timer is None
+
+    scenario(body)
+
+
+def test_wait_idle_returns_when_the_last_request_there_ends() -> None:
+    async def main() -> None:
+        h = Harness(table=[spec("a/0", "a")])
+        h.submit()
+        (c,) = h.dispatcher.containers
+        waiter = asyncio.ensure_future(h.dispatcher.wait_idle([c]))
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        h.answer()
+        await asyncio.wait_for(waiter, 1)
+        assert c.idle_waiters == []
+
+    asyncio.run(main())
+
+
+def test_status_view_of_a_container() -> None:
+    def body() -> None:
+        h = Harness(table=[spec("a/0", "a")])
+        (c,) = h.dispatcher.containers
+        view = c.as_dict()
+        assert view == {
+            "name": "a/0",
+            "node": "a",
+            "url": "http://a:1",
+            "state": "ready",
+            "healthy": True,
+            "max_concurrency": 1,
+            "in_flight": 0,
+            "served": 0,
+            "errors": 0,
+            "model_version": None,
+            "last_error": None,
+        }
+        h.submit()
+        assert (c.state, c.as_dict()["in_flight"]) == ("busy", 1)
+        assert c.eject("refused")
+        assert (c.state, c.last_error, c.ok_streak) == ("down", "refused", 0)
+        assert not c.eject("again")
+        h.dispatcher.set_draining([c], True)
+        assert c.state == "draining"
+
+    scenario(body)
+
+
+def test_selection_and_the_end_of_a_removed_address() -> None:
+    def body() -> None:
+        h = Harness(table=[spec("a/0", "a"), spec("a/1", "b"), spec("c/0", "c")])
+        d = h.dispatcher
+        assert [c.name for c in d.roster.select(node="a")] == ["a/0", "a/1"]
+        assert [c.name for c in d.roster.select(container="c/0")] == ["c/0"]
+        assert d.roster.select(container="a") == []
+        h.submit()  # on a/0
+        endpoint = d.roster.by_name["a/0"].endpoint
+        d.apply([spec("a/1", "b", 3), spec("c/0", "c")], d.queue_spec)
+        assert [c.name for c in d.roster.select(node="a")] == ["a/1"]  # a/0 drains, not selectable
+        assert d.roster.endpoints[("b", 1)].pool.max_idle == 4  # slots + 1 idle connections
+        assert ("a", 1) in d.roster.endpoints
+        h.answer()
+        assert ("a", 1) not in d.roster.endpoints  # its last record left: connections closed
+        assert endpoint.users == 0
+        assert "a/0" not in d.roster.by_name
+
+    scenario(body)

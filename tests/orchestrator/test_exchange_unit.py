@@ -3,111 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
-from onnxfleet.orchestrator.dispatcher import Dispatcher
-from onnxfleet.orchestrator.exchange import Exchange, Forwarder
-from onnxfleet.orchestrator.forward import request_bytes
-from onnxfleet.orchestrator.roster import Container, Roster
-from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec
+from onnxfleet.orchestrator.errors import HTTPError
+from onnxfleet.orchestrator.exchange import Exchange
+from onnxfleet.orchestrator.forward import request_bytes, response_headers
+from onnxfleet.orchestrator.routes import ContainerSpec
+from onnxfleet.orchestrator.upstream import Response
+from tests.orchestrator.scripted import OK, Fleet, Scripted, answer_after, answer_ok, run
 from tests.support import free_port
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Model-Version: 3\r\n\r\nok"
-
-# behaviour(reader, writer, n): n counts the requests on this connection (0, 1, ...);
-# return False to stop serving the connection
-Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return head + await reader.readexactly(length)
-
-
-class Scripted:
-    """A fake container on loopback: counts requests, runs ``behaviour`` for each."""
-
-    def __init__(self, behaviour: Behaviour) -> None:
-        self.behaviour = behaviour
-        self.port = free_port()
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> Scripted:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        n = 0
-        while True:
-            request = await read_request(reader)
-            if request is None:
-                break
-            self.requests.append(request)
-            if not await self.behaviour(reader, writer, n):
-                break
-            n += 1
-        writer.close()
-
-    def spec(self, name: str) -> ContainerSpec:
-        return ContainerSpec(name, f"http://127.0.0.1:{self.port}", name, "127.0.0.1", self.port, 1)
-
-
-async def answer_ok(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:
-    writer.write(OK)
-    return True
-
-
-def answer_after(seconds: float) -> Behaviour:
-    async def behaviour(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:
-        await asyncio.sleep(seconds)
-        writer.write(OK)
-        return True
-
-    return behaviour
-
-
-class Fleet:
-    def __init__(self, specs: list[ContainerSpec], retries: int = 2, upstream_timeout: float = 5.0) -> None:
-        self.dispatcher = Dispatcher(QueueSpec(max_length=10, timeout_s=10), Roster())
-        self.forwarder = Forwarder(self.dispatcher, upstream_timeout, retries)
-        self.dispatcher.apply(specs, self.dispatcher.queue_spec)
-        for c in self.dispatcher.containers:
-            c.record_check(True, 1, 1)
-        self.dispatcher.changed()
-
-    def container(self, name: str) -> Container:
-        return self.dispatcher.roster.by_name[name]
-
-    def send(self, deadline: float | None = None) -> tuple[Exchange, asyncio.Future[Exchange]]:
-        future: asyncio.Future[Exchange] = asyncio.get_running_loop().create_future()
-        data = request_bytes(b"/run_model", [(b"host", b"t")], b"{}")
-        ex = Exchange(data, deadline, future.set_result)
-        self.dispatcher.submit(ex)
-        return ex, future
-
-    async def outcome(self, deadline: float | None = None) -> Exchange:
-        _, future = self.send(deadline)
-        return await asyncio.wait_for(future, 5)
-
-
-def run(main: Callable[[], Awaitable[Any]]) -> None:
-    asyncio.run(main())
 
 
 def test_a_request_whose_answer_had_begun_is_never_sent_again() -> None:
@@ -255,3 +160,162 @@ def test_the_clients_credentials_are_not_forwarded() -> None:
     assert b"x-request-id: 7" in head
     assert b"connection" not in head
     assert b"content-length: 2" in head
+
+
+def test_answers_are_counted_per_container() -> None:
+    async def fail(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:
+        writer.write(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    async def main() -> None:
+        async with Scripted(answer_ok) as a, Scripted(fail) as b:
+            fleet = Fleet([a.spec("a"), b.spec("b")])
+            outcomes = [await fleet.outcome() for _ in range(2)]  # one to each (round-robin)
+            assert sorted(ex.response.status for ex in outcomes if ex.response) == [200, 503]
+            ca, cb = fleet.container("a"), fleet.container("b")
+            assert (ca.served, ca.errors, ca.model_version) == (1, 0, "3")
+            assert (cb.served, cb.errors, cb.model_version) == (1, 1, None)
+            assert cb.healthy  # a 5xx answer is the container's own, not a dead container
+            assert fleet.dispatcher.service_ewma_s > 0
+            assert all(ex.data == b"" for ex in outcomes)  # the request bytes are dropped
+            assert len(ca.endpoint.pool.idle) == 1  # the keep-alive connection is kept
+
+    run(main)
+
+
+def test_when_no_container_can_be_reached_the_request_fails_after_its_resends() -> None:
+    async def main() -> None:
+        specs = []
+        for name in ("a", "b"):
+            port = free_port()
+            specs.append(ContainerSpec(name, f"http://127.0.0.1:{port}", name, "127.0.0.1", port, 1))
+        fleet = Fleet(specs, retries=1)
+        ex = await fleet.outcome()
+        assert ex.error is not None
+        assert (ex.error.status, ex.error.code, ex.attempts) == (502, "upstream_unreachable", 1)
+        assert ex.error.message.startswith("no container could be reached: ")
+        assert ex.error.message.endswith("(after 1 re-sends)")
+        assert ex.error.extra == {"container": ex.container.name if ex.container else None}
+        assert fleet.forwarder.retried == 1
+        assert not fleet.container("a").healthy
+        assert not fleet.container("b").healthy
+        assert all(c.errors == 1 and c.last_error for c in fleet.dispatcher.containers)
+        await asyncio.sleep(0)  # the done callbacks of the connection tasks
+        assert not fleet.forwarder.connecting  # the connection attempts are over
+
+    run(main)
+
+
+def test_the_deadline_message_and_a_client_gone_before_the_connection_is_made() -> None:
+    async def main() -> None:
+        async with Scripted(answer_after(0.2)) as a:
+            fleet = Fleet([a.spec("a")])
+            ex, future = fleet.send(deadline=time.monotonic() + 0.05)
+            assert len(fleet.forwarder.connecting) == 1  # no idle connection yet: one is opened
+            ex.abandon()  # its client leaves while the connection is being made
+            await asyncio.sleep(0.05)
+            c = fleet.container("a")
+            assert not a.requests  # nothing was sent
+            assert c.inflight == 0  # and the slot is free again
+            assert len(c.endpoint.pool.idle) == 1  # the new connection is kept for the next
+            assert not future.done()
+            ex = await fleet.outcome(deadline=time.monotonic() + 0.05)
+            assert ex.error is not None
+            assert ex.error.message == "a gave no answer before the request deadline (X-Request-Timeout-Ms)"
+
+    run(main)
+
+
+def test_a_malformed_answer_is_counted_and_ends_the_request() -> None:
+    async def garbage(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n")
+        return True
+
+    async def main() -> None:
+        async with Scripted(garbage) as a, Scripted(answer_ok) as b:
+            fleet = Fleet([a.spec("a"), b.spec("b")])
+            fleet.dispatcher.set_draining([fleet.container("b")], True)
+            ex = await fleet.outcome()
+            assert ex.error is not None
+            assert ex.error.message == "a sent a malformed or incomplete answer"
+            assert ex.error.extra == {"container": "a"}
+            c = fleet.container("a")
+            assert (c.errors, c.inflight, c.healthy) == (1, 0, True)
+            assert c.last_error is not None
+            assert c.last_error.startswith("malformed answer")
+            assert len(b.requests) == 0
+
+    run(main)
+
+
+def test_abandon_moves_only_the_requests_of_that_container_still_without_an_answer_byte() -> None:
+    async def slow_start(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")  # the head now
+        await asyncio.sleep(0.2)
+        writer.write(b"ok")  # the body later
+        return True
+
+    async def main() -> None:
+        async with Scripted(slow_start) as a, Scripted(answer_ok) as b:
+            fleet = Fleet([a.spec("a"), b.spec("b")])
+            fleet.dispatcher.set_draining([fleet.container("b")], True)
+            _, future = fleet.send()
+            await asyncio.sleep(0.05)
+            c = fleet.container("a")
+            fleet.forwarder.abandon(fleet.container("b"), "not b's request")
+            fleet.forwarder.abandon(c, "its answer had begun")
+            done = await asyncio.wait_for(future, 2)
+            assert done.response is not None
+            assert done.container is c  # its answer had begun: it stayed
+            assert fleet.forwarder.retried == 0
+            assert len(b.requests) == 0
+
+    run(main)
+
+
+def test_the_request_bytes_sent_to_a_container() -> None:
+    assert request_bytes(b"/run_model", [(b"x-a", b"1")], b"{}") == (
+        b"POST /run_model HTTP/1.1\r\nx-a: 1\r\nHost: onnxfleet\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    with_host = request_bytes(b"/p", [(b"host", b"h:1"), (b"content-length", b"9"), (b"expect", b"x")], b"")
+    assert with_host == b"POST /p HTTP/1.1\r\nhost: h:1\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_the_answer_headers_passed_back() -> None:
+    response = Response(
+        200,
+        [
+            (b"Content-Type", b"application/json"),
+            (b"Connection", b"keep-alive"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"X-Container", b"spoofed"),
+            (b"X-Model-Version", b"2"),
+        ],
+        b"",
+        True,
+    )
+    assert response_headers(response) == [(b"Content-Type", b"application/json"), (b"X-Model-Version", b"2")]
+
+
+def test_a_finished_or_abandoned_exchange_leaves_no_reference_cycle() -> None:
+    """The request path must be freed by reference counting: a cycle per request made the
+    cyclic collector pause the event loop for tens of milliseconds (docs/orchestrator.md)."""
+
+    class Client:  # holds its exchange, whose callback holds the client (as app.infer does)
+        ex: Exchange | None = None
+
+    for end in ("finish", "abandon"):
+        gc.collect()
+        gc.disable()
+        try:
+            client = Client()
+            client.ex = Exchange(b"data", None, lambda _ex, client=client: None)
+            if end == "finish":
+                client.ex.finish(None, HTTPError("x"))
+            else:
+                client.ex.abandon()
+            assert client.ex.data == b""
+            del client
+            assert gc.collect() == 0, f"{end}: the exchange is only freed by the cyclic GC"
+        finally:
+            gc.enable()

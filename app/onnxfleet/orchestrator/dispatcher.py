@@ -25,6 +25,9 @@ from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec
 
 
 class Dispatcher:
+    # starts an exchange on a container once it holds a slot (the forwarder sets it)
+    start: Callable[[Exchange, Container], None]
+
     def __init__(self, queue: QueueSpec, roster: Roster) -> None:
         self.queue_spec = queue
         self.roster = roster
@@ -34,8 +37,6 @@ class Dispatcher:
         self._rr = 0
         self.service_ewma_s = 0.0  # recent service time, for Retry-After estimates
         self.rejected: dict[str, int] = {}
-        # what starts an exchange on a container once it holds a slot (the forwarder)
-        self.start: Callable[[Exchange, Container], None] = _unwired
 
     # -- choosing a slot ------------------------------------------------------------------
     def _pick(self) -> Container | None:
@@ -115,11 +116,17 @@ class Dispatcher:
 
     def withdraw(self, ex: Exchange) -> None:
         """The client left: a queued request leaves the queue (one in flight runs on)."""
-        if ex.key is not None and self.queue.pop(ex.key, None) is not None:
-            ex.key = None
-            if ex.timer is not None:
-                ex.timer.cancel()
-                ex.timer = None
+        if ex.key is not None:
+            self._unqueue(ex)
+
+    def _unqueue(self, ex: Exchange) -> None:
+        """Out of the queue, its queue timer stopped (a queued request has a key and a timer)."""
+        assert ex.key is not None
+        assert ex.timer is not None
+        del self.queue[ex.key]
+        ex.key = None
+        ex.timer.cancel()
+        ex.timer = None
 
     def _timeout(self, by_deadline: bool) -> HTTPError:
         if by_deadline:
@@ -131,11 +138,9 @@ class Dispatcher:
         return QueueTimeout(reason, retry_after=self.retry_after())
 
     def _expire(self, ex: Exchange, by_deadline: bool) -> None:
-        if ex.key is not None and self.queue.pop(ex.key, None) is not None:
-            ex.key = None
-            ex.timer = None
-            ex.waited += time.monotonic() - ex.queued_at
-            ex.finish(None, self._count(self._timeout(by_deadline)))
+        self._unqueue(ex)  # its own timer: it is still queued
+        ex.waited += time.monotonic() - ex.queued_at
+        ex.finish(None, self._count(self._timeout(by_deadline)))
 
     def position(self, ex: Exchange) -> int | None:
         """How many queued requests are ahead of ``ex`` (None when it is not queued)."""
@@ -160,13 +165,9 @@ class Dispatcher:
 
     def _pop_head(self) -> Exchange | None:
         """The first queued request still worth sending, out of the queue."""
-        queue = self.queue
-        while queue:
-            _, ex = queue.popitem(last=False)
-            ex.key = None
-            if ex.timer is not None:
-                ex.timer.cancel()
-                ex.timer = None
+        while self.queue:
+            ex = next(iter(self.queue.values()))
+            self._unqueue(ex)
             now = time.monotonic()
             ex.waited += now - ex.queued_at
             if ex.deadline is not None and ex.deadline <= now:  # its timer had no turn yet
@@ -212,13 +213,8 @@ class Dispatcher:
         """Call after any health, admin or table change: serve the queue or fail it fast."""
         self.dispatch()
         if self.queue and not self.any_accepting():
-            waiting = list(self.queue.values())
-            self.queue.clear()
-            for ex in waiting:
-                ex.key = None
-                if ex.timer is not None:
-                    ex.timer.cancel()
-                    ex.timer = None
+            for ex in list(self.queue.values()):
+                self._unqueue(ex)
                 ex.finish(None, self._count(NoContainer("no container is ready to serve", retry_after=1)))
 
     def apply(self, specs: Iterable[ContainerSpec], queue: QueueSpec) -> dict[str, list[str]]:
@@ -239,7 +235,3 @@ class Dispatcher:
                 fut: asyncio.Future[None] = loop.create_future()
                 c.idle_waiters.append(fut)
                 await fut
-
-
-def _unwired(ex: Exchange, c: Container) -> None:
-    raise RuntimeError("Dispatcher.start is not set")

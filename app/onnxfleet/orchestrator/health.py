@@ -41,19 +41,21 @@ class HealthChecker:
         """One check result (None: passed); a change of state reaches the queue at once."""
         if not c.record_check(error is None, self.spec.rise, self.spec.fall, error):
             return
+        # pragma: no mutate start (log text)
         log.info(
             "container %s is %s",
             c.name,
             "up" if c.healthy else "down",
             extra={"container": c.name, "error": error},
         )
+        # pragma: no mutate end
         if not c.healthy:
             self.forwarder.abandon(c, f"{c.name} failed its health checks before answering ({error})")
         self.dispatcher.changed()
 
     async def _loop(self, c: Container) -> None:
         spec = self.spec
-        pool = Pool(c.spec.host, c.spec.port, max_idle=1, connect_timeout=spec.timeout_s)
+        pool = Pool(c.spec.host, c.spec.port)
         request = f"GET {spec.path} HTTP/1.1\r\nHost: {c.spec.host}:{c.spec.port}\r\n\r\n".encode()
         try:
             while c in self.dispatcher.containers:
@@ -65,7 +67,7 @@ class HealthChecker:
                 except UpstreamError as exc:
                     error = f"{spec.path}: {exc}"
                 except Exception as exc:  # a bug must not stop the checks of this container
-                    log.exception("health check of %s failed", c.name)
+                    log.exception("health check of %s failed", c.name)  # pragma: no mutate
                     error = f"{spec.path}: {type(exc).__name__}"
                 self.record(c, error)
                 await asyncio.sleep(spec.interval_s)
