@@ -43,15 +43,25 @@ class Records(logging.Handler):
         return [r for r in self.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
+def _listener() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
 class InProcess:
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
+        self.sock = _listener()
         self.port = int(self.sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
+        # --admin-bind: the admin listener (else the API one serves the admin API too)
+        self.admin_sock = _listener() if service.settings.admin_listener else None
+        self.admin_url = self.url
+        if self.admin_sock is not None:
+            self.admin_url = f"http://127.0.0.1:{self.admin_sock.getsockname()[1]}"
         self.loop = uvloop.new_event_loop()
         self.records = Records()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -79,7 +89,7 @@ class InProcess:
 
     def start(self) -> InProcess:
         self.thread.start()
-        self.run(self.service.start([self.sock]))
+        self.run(self.service.start([self.sock], [self.admin_sock] if self.admin_sock else []))
         return self
 
     def stop(self, grace_s: float = 5.0) -> None:
@@ -89,18 +99,21 @@ class InProcess:
             self.thread.join(10)
         self.loop.close()
         self.sock.close()
+        if self.admin_sock is not None:
+            self.admin_sock.close()
 
 
 @contextmanager
 def in_process(routes_file: Path, *args: str, wait_ready: bool = True) -> Iterator[InProcess]:
-    """``onnxfleet orchestrator --routes FILE ARGS...`` in this process (``--bind`` is ignored).
+    """``onnxfleet orchestrator --routes FILE ARGS...`` in this process (``--bind`` and
+    ``--admin-bind`` are loopback ports chosen here).
 
     Like the real process's tests, it is entered once a container is ready (``wait_ready``).
     """
     parser = argparse.ArgumentParser()
     cli.configure(parser)
-    settings, limits, table = cli.load(parser.parse_args(["--routes", str(routes_file), *args]))
-    orch = InProcess(Service(settings, table.table, limits))
+    settings, limits, files = cli.load(parser.parse_args(["--routes", str(routes_file), *args]))
+    orch = InProcess(Service(settings, files.table, limits, files.tokens))
     logger = logging.getLogger("onnxfleet")
     logger.addHandler(orch.records)
     level = logger.level

@@ -13,6 +13,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+from onnxfleet.orchestrator.tokens import digest
 from tests.support import Service, free_port
 
 
@@ -85,6 +86,13 @@ class SimFleet:
         for index in range(len(self.ports)):
             self.mode(index, "ok", self.service_ms)
         self._control("/admin/reset", {"all": True})
+
+
+def tokens_file(path: Path, **tokens: str) -> Path:
+    """An --api-tokens-file: one '<name> sha256:<hex>' line per token (raw tokens given here)."""
+    lines = ["# client tokens", *(f"{name} {digest(token)}" for name, token in tokens.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def routes(

@@ -95,7 +95,7 @@ class Fleet:
 
     def send(self, deadline: float | None = None) -> tuple[Exchange, asyncio.Future[Exchange]]:
         future: asyncio.Future[Exchange] = asyncio.get_running_loop().create_future()
-        data = request_bytes(b"/run_model", [(b"host", b"t")], b"{}")
+        data = request_bytes("POST", b"/run_model", [(b"host", b"t")], b"{}")
         ex = Exchange(data, deadline, future.set_result)
         self.dispatcher.submit(ex)
         return ex, future

@@ -181,6 +181,8 @@ def test_no_accepting_container_refuses_at_once_and_fails_the_queue() -> None:
         assert queued.done
         assert queued.error is not None
         assert queued.error.code == "no_ready_container"
+        assert queued.error.message == "no container is ready to serve"
+        assert queued.error.retry_after == 1
         with pytest.raises(HTTPError) as refused:
             h.submit()
         assert (refused.value.status, refused.value.code) == (503, "no_ready_container")
@@ -222,7 +224,9 @@ def test_a_burst_of_expired_requests_is_answered_without_recursion() -> None:
         time.sleep(max(0.0, soon - time.monotonic()) + 0.01)
         h.answer()
         assert all(ex.done and ex.error is not None for ex in expired)
-        assert {ex.error.code for ex in expired if ex.error is not None} == {"queue_timeout"}
+        assert {ex.error.message for ex in expired if ex.error is not None} == {
+            "the request deadline (X-Request-Timeout-Ms) passed while it was queued"
+        }
         assert h.started[-1] is alive
         assert len(h.finished) == 5001
 
@@ -336,6 +340,8 @@ def test_retry_after_estimates_the_wait_from_the_service_time() -> None:
         assert len(d.queue) == 9
         assert d.ready_slots() == 2
         assert d.retry_after() == 6  # (9 queued + 1) * 1.1 s / 2 slots = 5.5, rounded up
+        d.set_draining([d.containers[1]], True)
+        assert d.retry_after() == 11  # one slot left: 10 * 1.1 s
         for _ in range(10_000):
             h.submit()
         assert d.retry_after() == 3600  # capped at an hour
@@ -459,11 +465,89 @@ def test_selection_and_the_end_of_a_removed_address() -> None:
         endpoint = d.roster.by_name["a/0"].endpoint
         d.apply([spec("a/1", "b", 3), spec("c/0", "c")], d.queue_spec)
         assert [c.name for c in d.roster.select(node="a")] == ["a/1"]  # a/0 drains, not selectable
-        assert d.roster.endpoints[("b", 1)].pool.max_idle == 4  # slots + 1 idle connections
+        assert d.roster.endpoints[("b", 1)].pool.max_idle == 4  # 3 slots + 1 idle connection
+        assert d.roster.endpoints[("c", 1)].pool.max_idle == 2
         assert ("a", 1) in d.roster.endpoints
         h.answer()
         assert ("a", 1) not in d.roster.endpoints  # its last record left: connections closed
         assert endpoint.users == 0
         assert "a/0" not in d.roster.by_name
+
+    scenario(body)
+
+
+def test_equal_loads_take_turns() -> None:
+    def body() -> None:
+        h = Harness(table=[spec("a/0", "a", 2), spec("b/0", "b", 2)])
+        h.submit()
+        h.submit()  # a and b each at 1/2
+        h.submit()
+        h.submit()
+        assert [c.name for _, c in h.running] == ["a/0", "b/0", "a/0", "b/0"]
+        h.answer(0)
+        h.answer(0)  # a and b at 1/2 again: the turn goes on from where it was
+        h.submit()
+        h.submit()
+        assert [c.name for _, c in h.running[-2:]] == ["a/0", "b/0"]
+
+    scenario(body)
+
+
+def test_a_queue_bounded_in_bytes_and_a_standby_that_dispatches_nothing() -> None:
+    def body() -> None:
+        d = Dispatcher(QueueSpec(max_length=100, timeout_s=60), Roster(), max_queue_bytes=10)
+        h = Harness.__new__(Harness)
+        h.dispatcher, h.running, h.started, h.finished = d, [], [], []
+        d.start = h._start
+        d.apply([spec("a/0", "a")], d.queue_spec)
+        h.health(d.containers[0], True)
+        d.dispatching = False  # standby: another process holds the dispatch lease
+        first = h.submit(Exchange(b"12345", None, h.finished.append))
+        second = h.submit(Exchange(b"12345", None, h.finished.append))
+        assert h.started == []
+        assert d.queue_bytes == 10
+        with pytest.raises(HTTPError) as full:
+            h.submit(Exchange(b"1", None, h.finished.append))
+        assert full.value.code == "queue_full"
+        assert full.value.message == "the queue is full (10 bytes of requests waiting): retry later"
+        d.dispatching = True
+        d.changed()
+        assert h.started == [first]
+        assert d.queue_bytes == 5
+        d.withdraw(second)
+        assert d.queue_bytes == 0
+        assert d.rejected == {"queue_full": 1}
+
+    scenario(body)
+
+
+def test_time_already_waited_counts_when_a_request_is_queued_again() -> None:
+    async def main() -> None:
+        h = Harness(QueueSpec(max_length=10, timeout_s=0.1), [spec("a/0", "a")])
+        h.submit()
+        again = h.exchange()
+        again.waited = 0.08  # it waited before a re-send
+        h.dispatcher.submit(again, priority=True)
+        await asyncio.sleep(0.05)
+        assert again.error is not None
+        assert again.error.code == "queue_timeout"
+        assert again.waited == pytest.approx(0.1, abs=0.03)  # 0.08 before, 0.02 this time
+
+    asyncio.run(main())
+
+
+def test_a_removed_container_before_others_does_not_stop_a_reload() -> None:
+    def body() -> None:
+        h = Harness(table=[spec("a/0", "a"), spec("b/0", "b")])
+        d = h.dispatcher
+        h.submit()  # on a/0: it will drain, not vanish
+        d.apply([spec("b/0", "b")], d.queue_spec)
+        changes = d.apply(
+            [spec("b/0", "b", 2), spec("c/0", "c")], d.queue_spec, lambda name, node: node == "c"
+        )
+        assert changes == {"added": ["c/0"], "removed": [], "updated": ["b/0"]}
+        assert d.roster.by_name["c/0"].draining  # a new container of a drained node drains
+        assert not d.roster.by_name["b/0"].draining
+        assert d.roster.endpoints[("b", 1)].pool.max_idle == 3  # 2 slots + 1
 
     scenario(body)

@@ -144,6 +144,7 @@ def test_the_upstream_timeout_closes_the_connection_and_frees_the_slot() -> None
 
 def test_the_clients_credentials_are_not_forwarded() -> None:
     data = request_bytes(
+        "POST",
         b"/v2/models/m/infer",
         [
             (b"host", b"h"),
@@ -164,19 +165,21 @@ def test_the_clients_credentials_are_not_forwarded() -> None:
 
 def test_answers_are_counted_per_container() -> None:
     async def fail(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:
-        writer.write(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+        writer.write(b"HTTP/1.1 500 Failed\r\nContent-Length: 0\r\n\r\n")
         return True
 
     async def main() -> None:
         async with Scripted(answer_ok) as a, Scripted(fail) as b:
             fleet = Fleet([a.spec("a"), b.spec("b")])
-            outcomes = [await fleet.outcome() for _ in range(2)]  # one to each (round-robin)
-            assert sorted(ex.response.status for ex in outcomes if ex.response) == [200, 503]
+            outcomes = [await fleet.outcome() for _ in range(4)]  # two to each (round-robin)
+            assert sorted(ex.response.status for ex in outcomes if ex.response) == [200, 200, 500, 500]
             ca, cb = fleet.container("a"), fleet.container("b")
-            assert (ca.served, ca.errors, ca.model_version) == (1, 0, "3")
-            assert (cb.served, cb.errors, cb.model_version) == (1, 1, None)
+            assert (ca.served, ca.errors, ca.model_version) == (2, 0, "3")
+            assert (cb.served, cb.errors, cb.model_version) == (2, 2, None)
             assert cb.healthy  # a 5xx answer is the container's own, not a dead container
-            assert fleet.dispatcher.service_ewma_s > 0
+            assert 0 < fleet.dispatcher.service_ewma_s < 1
+            assert not ca.endpoint.sending
+            assert not cb.endpoint.sending
             assert all(ex.data == b"" for ex in outcomes)  # the request bytes are dropped
             assert len(ca.endpoint.pool.idle) == 1  # the keep-alive connection is kept
 
@@ -194,11 +197,13 @@ def test_when_no_container_can_be_reached_the_request_fails_after_its_resends() 
         assert ex.error is not None
         assert (ex.error.status, ex.error.code, ex.attempts) == (502, "upstream_unreachable", 1)
         assert ex.error.message.startswith("no container could be reached: ")
+        assert ": connect to 127.0.0.1:" in ex.error.message
         assert ex.error.message.endswith("(after 1 re-sends)")
+        assert fleet.container("a").last_error.startswith("connect to 127.0.0.1:")
         assert ex.error.extra == {"container": ex.container.name if ex.container else None}
         assert fleet.forwarder.retried == 1
-        assert not fleet.container("a").healthy
-        assert not fleet.container("b").healthy
+        # one request ejects one container at most: the other is left to its health checks
+        assert [c.healthy for c in fleet.dispatcher.containers].count(False) == 1
         assert all(c.errors == 1 and c.last_error for c in fleet.dispatcher.containers)
         await asyncio.sleep(0)  # the done callbacks of the connection tasks
         assert not fleet.forwarder.connecting  # the connection attempts are over
@@ -274,11 +279,13 @@ def test_abandon_moves_only_the_requests_of_that_container_still_without_an_answ
 
 
 def test_the_request_bytes_sent_to_a_container() -> None:
-    assert request_bytes(b"/run_model", [(b"x-a", b"1")], b"{}") == (
+    assert request_bytes("POST", b"/run_model", [(b"x-a", b"1")], b"{}") == (
         b"POST /run_model HTTP/1.1\r\nx-a: 1\r\nHost: onnxfleet\r\nContent-Length: 2\r\n\r\n{}"
     )
-    with_host = request_bytes(b"/p", [(b"host", b"h:1"), (b"content-length", b"9"), (b"expect", b"x")], b"")
-    assert with_host == b"POST /p HTTP/1.1\r\nhost: h:1\r\nContent-Length: 0\r\n\r\n"
+    with_host = request_bytes(
+        "GET", b"/p", [(b"host", b"h:1"), (b"content-length", b"9"), (b"expect", b"x")], b""
+    )
+    assert with_host == b"GET /p HTTP/1.1\r\nhost: h:1\r\nContent-Length: 0\r\n\r\n"
 
 
 def test_the_answer_headers_passed_back() -> None:
@@ -319,3 +326,74 @@ def test_a_finished_or_abandoned_exchange_leaves_no_reference_cycle() -> None:
             assert gc.collect() == 0, f"{end}: the exchange is only freed by the cyclic GC"
         finally:
             gc.enable()
+
+
+def test_re_sends_are_counted_per_request() -> None:
+    async def main() -> None:
+        specs = []
+        for name in ("a", "b", "c"):
+            port = free_port()
+            specs.append(ContainerSpec(name, f"http://127.0.0.1:{port}", name, "127.0.0.1", port, 1))
+        fleet = Fleet(specs, retries=2)
+        ex = await fleet.outcome()
+        assert (ex.attempts, fleet.forwarder.retried) == (2, 2)
+        assert sum(c.errors for c in fleet.dispatcher.containers) == 3
+
+    run(main)
+
+
+def test_a_malformed_answer_on_a_reused_connection_is_not_sent_again() -> None:
+    async def second_is_garbage(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(OK if n == 0 else b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n")
+        return True
+
+    async def main() -> None:
+        async with Scripted(second_is_garbage) as a:
+            fleet = Fleet([a.spec("a")], upstream_timeout=0.2)
+            assert (await fleet.outcome()).response is not None
+            ex = await fleet.outcome()
+            assert ex.error is not None
+            assert ex.error.code == "upstream_error"
+            assert len(a.requests) == 2
+            assert a.connections == 1
+            fresh = await Fleet([a.spec("a")], upstream_timeout=0.2).outcome()
+            assert fresh.error is None  # a new connection: its first answer is fine
+
+    run(main)
+
+
+def test_the_upstream_timeout_message() -> None:
+    async def main() -> None:
+        async with Scripted(answer_after(1)) as a:
+            ex = await Fleet([a.spec("a")], upstream_timeout=0.1).outcome()
+            assert ex.error is not None
+            assert ex.error.message == "a gave no answer within 0.1s"
+
+    run(main)
+
+
+def test_requests_on_a_reused_connection_are_handed_on_when_their_container_fails() -> None:
+    async def first_only(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        if n == 0:
+            writer.write(OK)
+        else:
+            await asyncio.sleep(30)  # then silent, like a host that stopped
+        return True
+
+    async def main() -> None:
+        async with Scripted(first_only) as a, Scripted(answer_ok) as b:
+            fleet = Fleet([a.spec("a"), b.spec("b")])
+            fleet.dispatcher.set_draining([fleet.container("b")], True)
+            assert (await fleet.outcome()).response is not None  # a's connection is now pooled
+            _, future = fleet.send()
+            await asyncio.sleep(0.05)
+            assert len(a.requests) == 2
+            fleet.dispatcher.set_draining([fleet.container("b")], False)
+            c = fleet.container("a")
+            c.record_check(False, 1, 1, "gone")
+            fleet.forwarder.abandon(c, "a failed its health checks")
+            done = await asyncio.wait_for(future, 2)
+            assert done.container is fleet.container("b")
+            assert a.connections == 1  # the request went on the reused connection, and was moved
+
+    run(main)

@@ -144,28 +144,3 @@ def test_bad_reload_keeps_the_current_table(sim: SimFleet, tmp_path: Path) -> No
         assert [c["name"] for c in status(orch)["containers"]] == ["a/0"]
         assert call(orch.url + "/run_model", "POST", {})[0] == 200
         assert "reload refused" in orch.log()
-
-
-def test_tokens(sim: SimFleet, tmp_path: Path) -> None:
-    path = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
-    api_token = tmp_path / "api.token"
-    api_token.write_text("api-secret\n")
-    with orchestrator(
-        path, "--api-token-file", str(api_token), env={"ONNXFLEET_ADMIN_TOKEN": "adm-secret"}
-    ) as orch:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer api-secret"}):
-            code, got, body = call(orch.url + "/admin/reload", "POST", headers=headers)
-            assert code == 401
-            assert body["code"] == "unauthorized"
-            assert got["WWW-Authenticate"] == "Bearer"
-        assert (
-            call(orch.url + "/admin/reload", "POST", headers={"Authorization": "Bearer adm-secret"})[0] == 200
-        )
-        assert call(orch.url + "/run_model", "POST", {})[0] == 401
-        assert call(orch.url + "/jobs", "POST", {})[0] == 401
-        code, _, body = call(orch.url + "/run_model", "POST", {}, {"Authorization": "Bearer api-secret"})
-        assert code == 200
-        assert body["bytes"] == 2
-        # the inference token is the orchestrator's: it is not passed to the containers
-        assert call(orch.url + "/status")[0] == 200
-        assert call(orch.url + "/healthz")[0] == 200

@@ -44,7 +44,8 @@ def test_status_and_metrics(sim: SimFleet, tmp_path: Path) -> None:
             assert call(orch.url + "/run_model", "POST", {})[0] == 200
         st = status(orch)
         assert st["ready"] is True
-        assert st["queue"] == {"depth": 0, "max_length": 7, "timeout_s": 30.0}
+        assert st["queue"] == {"depth": 0, "bytes": 0, "max_length": 7, "timeout_s": 30.0}
+        assert st["dispatching"] is True
         assert st["totals"]["answered"] == 4
         assert st["totals"]["by_status"] == {"200": 4}
         assert sum(c["served"] for c in st["containers"]) == 4

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.orchestrator.inproc import InProcess, in_process
-from tests.orchestrator.orch_support import SimFleet, routes
+from tests.orchestrator.orch_support import SimFleet, routes, tokens_file
 
 FLEET_5XX = {"upstream_timeout", "queue_timeout"}  # a deadline of a few ms can cause these
 FUZZ = settings(
@@ -36,9 +36,8 @@ FUZZ = settings(
 def fuzz_target(sim: SimFleet, tmp_path: Path) -> Iterator[InProcess]:
     sim.mode(0, "ok", service_ms=1)
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
-    token = tmp_path / "api.token"
-    token.write_text("secret")
-    with in_process(table, "--max-body-bytes", "4096", "--api-token-file", str(token)) as orch:
+    token = tokens_file(tmp_path / "tokens", fuzz="secret")
+    with in_process(table, "--max-body-bytes", "4096", "--api-tokens-file", str(token)) as orch:
         yield orch
 
 

@@ -23,6 +23,7 @@ from tests.orchestrator.orch_support import (
     read_answer,
     routes,
     status,
+    tokens_file,
     wait_for,
 )
 
@@ -63,13 +64,12 @@ def test_early_answers_reach_a_client_still_sending(sim: SimFleet, tmp_path: Pat
     """413 and 401 come before the body is read: the rest is read and dropped, so a client
     that sends its whole body before reading gets them, not a connection reset."""
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
-    api_token = tmp_path / "api.token"
-    api_token.write_text("secret\n")
+    api_token = tokens_file(tmp_path / "tokens", client="secret")
     body = b"x" * 32_000_000  # more than the socket buffers hold
     chunked = framing == "chunked"
     framing_header = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"
     payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body
-    with in_process(table, "--max-body-bytes", "100000", "--api-token-file", str(api_token)) as orch:
+    with in_process(table, "--max-body-bytes", "100000", "--api-tokens-file", str(api_token)) as orch:
         for auth, expected, error in (
             ("Bearer secret", 413, "payload_too_large"),
             ("Bearer wrong", 401, "unauthorized"),

@@ -1,68 +1,66 @@
-"""The orchestrator's HTTP application: routes, tokens, answers, the life of the process."""
+"""The orchestrator's HTTP application: its listeners' routes, callers, inference and jobs."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
-import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
+from onnxfleet.orchestrator.admin import Admin
 from onnxfleet.orchestrator.dispatcher import Dispatcher
-from onnxfleet.orchestrator.errors import (
-    BadRequest,
-    HTTPError,
-    NotFound,
-    ShuttingDown,
-    Unauthorized,
-)
+from onnxfleet.orchestrator.errors import BadRequest, HTTPError, NotFound, ShuttingDown, Unauthorized
 from onnxfleet.orchestrator.exchange import Exchange, Forwarder
 from onnxfleet.orchestrator.forward import request_bytes, response_headers
 from onnxfleet.orchestrator.health import HealthChecker
 from onnxfleet.orchestrator.history import History
 from onnxfleet.orchestrator.jobs import Job, JobStore, result_body
 from onnxfleet.orchestrator.metrics import Metrics
-from onnxfleet.orchestrator.roster import Container, Roster
+from onnxfleet.orchestrator.observe import Observe
+from onnxfleet.orchestrator.roster import Roster
 from onnxfleet.orchestrator.router import Router
-from onnxfleet.orchestrator.routes import HealthSpec, RoutesError, RoutingTable, load_table
-from onnxfleet.orchestrator.server import Reply, Request, Route, error_reply, json_reply
+from onnxfleet.orchestrator.routes import HealthSpec, RoutingTable
+from onnxfleet.orchestrator.server import Reply, Request, error_reply, json_reply
+from onnxfleet.orchestrator.state import DrainState, Lease
+from onnxfleet.orchestrator.tokens import Tokens
 
 access_log = logging.getLogger("onnxfleet.orchestrator.access")
 log = logging.getLogger("onnxfleet.orchestrator")
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
 _DEADLINE = DEADLINE_HEADER.lower().encode()
-_METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
 @dataclass(frozen=True)
 class Settings:
     routes_path: str
     admin_token: str | None = None
-    api_token: str | None = None
+    api_token: str | None = None  # raw, from $ONNXFLEET_API_TOKEN (development)
+    api_tokens_path: str | None = None  # hashed, re-read on reload
+    state_dir: Path | None = None
+    admin_listener: bool = False  # /admin/* has its own listener (--admin-bind)
     upstream_timeout_s: float = 60.0
     retries: int = 2
     job_ttl_s: float = 300.0
     max_jobs: int = 1000
     max_body_bytes: int = 8 * 1024 * 1024
+    max_queue_bytes: int = 64 * 1024 * 1024
     health_defaults: HealthSpec = field(default_factory=HealthSpec)
     access_log: bool = True
 
 
-def _credentials(token: str | None) -> bytes | None:
-    return f"Bearer {token}".encode() if token is not None else None
+class Caller:
+    """What the head of a request said about its caller (set by the guards)."""
 
+    __slots__ = ("deadline", "who")
 
-def _check_token(request: Request, expected: bytes | None) -> None:
-    if expected is not None and not hmac.compare_digest(request.header(b"authorization") or b"", expected):
-        raise Unauthorized()
+    def __init__(self, deadline: float | None, who: tuple[str | None, ...]) -> None:
+        self.deadline = deadline
+        self.who = who  # (peer address, X-Forwarded-For, token name): for the access log
 
 
 def _deadline(request: Request) -> float | None:
@@ -81,43 +79,58 @@ def _deadline(request: Request) -> float | None:
 
 
 class Orchestrator:
-    def __init__(self, settings: Settings, table: RoutingTable) -> None:
+    def __init__(self, settings: Settings, table: RoutingTable, tokens: Tokens | None = None) -> None:
         self.settings = settings
         self.table = table
+        self.tokens = tokens or Tokens(raw=settings.api_token)
+        self.admin_tokens = Tokens(raw=settings.admin_token)
         self.roster = Roster()
-        self.dispatcher = Dispatcher(table.queue, self.roster)
+        self.dispatcher = Dispatcher(table.queue, self.roster, settings.max_queue_bytes)
         self.forwarder = Forwarder(self.dispatcher, settings.upstream_timeout_s, settings.retries)
         self.health = HealthChecker(self.dispatcher, self.forwarder, table.health)
         self.metrics = Metrics(self.dispatcher, self.forwarder)
         self.jobs = JobStore(settings.job_ttl_s, settings.max_jobs)
         self.history = History(lambda: len(self.dispatcher.queue))
-        self.api_credentials = _credentials(settings.api_token)
-        self.admin_credentials = _credentials(settings.admin_token)
+        self.drains = DrainState(settings.state_dir)
+        self.lease = Lease(settings.state_dir) if settings.state_dir is not None else None
+        self.admin = Admin(self)
+        self.observe = Observe(self)
         self.started = time.time()
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.router = self._routes()
+        self._second: asyncio.TimerHandle | None = None
+        self.api_router, self.admin_router = self._routes()
 
-    def _routes(self) -> Router:
-        router = Router()
-        infer_guard, api_guard, admin_guard = self._infer_guard, self._api_guard, self._admin_guard
-        router.add("POST", "/run_model", self.infer, infer_guard)
-        router.add("POST", "/v2/models/{name}/infer", self.infer, infer_guard)
-        router.add("POST", "/jobs", self.submit_job, self._job_guard)
-        router.add("GET", "/jobs/{id}", self.get_job, api_guard)
-        router.add("POST", "/admin/reload", self.admin_reload, admin_guard)
-        router.add("POST", "/admin/drain", self.admin_drain, admin_guard)
-        router.add("POST", "/admin/ready", self.admin_ready, admin_guard)
-        router.add("GET", "/status", self.get_status)
-        router.add("GET", "/metrics", self.get_metrics)
-        router.add("GET", "/healthz", self.healthz)
-        router.add("GET", "/readyz", self.readyz)
-        router.add("GET", "/", self.dashboard)
-        return router
+    def _routes(self) -> tuple[Router, Router]:
+        """The API listener's routes and the admin listener's (one router without --admin-bind)."""
+        api = Router()
+        infer, guard = self.infer, self._infer_guard
+        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            api.add("POST", prefix + "/infer", infer, guard)
+            api.add("GET", prefix, infer, guard)  # model metadata: the workers answer it
+            api.add("GET", prefix + "/ready", infer, guard)
+        api.add("POST", "/run_model", infer, guard)
+        api.add("GET", "/v2", infer, guard)
+        api.add("POST", "/jobs", self.submit_job, self._job_guard)
+        api.add("GET", "/jobs/{id}", self.get_job, self._api_guard)
+        for path in ("/healthz", "/v2/health/live"):
+            api.add("GET", path, self.observe.healthz)
+        for path in ("/readyz", "/v2/health/ready"):
+            api.add("GET", path, self.observe.readyz)
+        admin = Router() if self.settings.admin_listener else api
+        # on the API listener, what tells about the fleet needs a token (any: API or admin)
+        view_guard = None if admin is not api else self._view_guard
+        admin.add("GET", "/status", self.observe.get_status, view_guard)
+        admin.add("GET", "/metrics", self.observe.get_metrics, view_guard)
+        admin.add("GET", "/", self.observe.dashboard, view_guard)
+        admin.add("POST", "/admin/reload", self.admin.reload, self._admin_guard)
+        admin.add("POST", "/admin/drain", self.admin.drain, self._admin_guard)
+        admin.add("POST", "/admin/ready", self.admin.ready, self._admin_guard)
+        if admin is not api:
+            admin.add("GET", "/healthz", self.observe.healthz)
+            admin.add("GET", "/readyz", self.observe.readyz)
+        return api, admin
 
-    def route(self, request: Request) -> Route:
-        return self.router.route(request)
-
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         # Each request allocates a few hundred short-lived objects: with the default
         # thresholds the cyclic GC runs every few requests and its full passes walk every
@@ -126,9 +139,40 @@ class Orchestrator:
         # bench/orchestrator_vs_haproxy.py (1 ms service time).
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
-        self.dispatcher.apply(self.table.containers, self.table.queue)
+        self.drains.refresh()
+        self.dispatcher.apply(self.table.containers, self.table.queue, self.drains.drained)
         self.health.sync(self.table.health)
+        # the first round of checks before accepting requests: a process that starts (or
+        # replaces another) must not refuse them as "no ready container" meanwhile
+        deadline = time.monotonic() + self.health.spec.timeout_s + 0.5
+        while not all(c.checked for c in self.roster.containers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
         self.history.start()
+        self._second = asyncio.get_running_loop().call_later(1.0, self._every_second)
+        if self.lease is not None and not self.lease.try_acquire():
+            log.info("standby: another process holds the dispatch lease; requests queue until it ends")
+            self.dispatcher.dispatching = False
+            self.spawn(self._take_over(self.lease))
+
+    def _every_second(self) -> None:
+        self.admin.refresh()
+        self._second = asyncio.get_running_loop().call_later(1.0, self._every_second)
+
+    async def _take_over(self, lease: Lease) -> None:
+        await lease.acquire()
+        log.info("dispatch lease acquired: sending to the containers")
+        self.admin.refresh()  # the previous holder's last drain flags
+        self.dispatcher.dispatching = True
+        self.dispatcher.changed()
+
+    def spawn(
+        self, work: Coroutine[Any, Any, Any], done: Callable[[asyncio.Task[Any]], None] | None = None
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        if done is not None:
+            task.add_done_callback(done)
 
     def idle(self) -> bool:
         """Nothing queued and nothing waiting for a container."""
@@ -143,27 +187,17 @@ class Orchestrator:
 
     async def stop(self) -> None:
         self.history.stop()
+        if self._second is not None:
+            self._second.cancel()
         for task in list(self.tasks):
             task.cancel()
         await self.health.close()
         self.roster.close()
 
-    def reload(self) -> dict[str, Any]:
-        """Re-read the routing table (raises RoutesError and keeps the current one)."""
-        table = load_table(self.settings.routes_path, self.settings.health_defaults)
-        changes = self.dispatcher.apply(table.containers, table.queue)
-        self.health.sync(table.health)
-        self.table = table
-        log.info("routing table reloaded", extra=changes)
-        return {**changes, "containers": len(table.containers)}
-
-    def _later(self, request: Request, work: Coroutine[Any, Any, Reply]) -> None:
+    def later(self, request: Request, work: Coroutine[Any, Any, Reply]) -> None:
         """Answer ``request`` when ``work`` is done (the few handlers that wait)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self.tasks.add(task)
 
         def done(task: asyncio.Task[Reply]) -> None:
-            self.tasks.discard(task)
             if task.cancelled():
                 return
             exc = task.exception()
@@ -177,18 +211,38 @@ class Orchestrator:
                     error_reply(HTTPError("the orchestrator failed on this request (see its log)"))
                 )
 
-        task.add_done_callback(done)
+        self.spawn(work, done)
 
     # -- guards: checks on the request head, before its body is read ----------------------------
+    def _caller(self, request: Request) -> str | None:
+        """The name of the caller's API token (None: the API is open); 401 without a valid one."""
+        if self.tokens.open:
+            return None
+        name = self.tokens.check(request.header(b"authorization"))
+        if name is None:
+            raise Unauthorized()
+        return name
+
     def _api_guard(self, request: Request) -> None:
-        _check_token(request, self.api_credentials)
+        self._caller(request)
 
     def _admin_guard(self, request: Request) -> None:
-        _check_token(request, self.admin_credentials)
+        if not self.admin_tokens.open and self.admin_tokens.check(request.header(b"authorization")) is None:
+            raise Unauthorized()
+
+    def _view_guard(self, request: Request) -> None:
+        """/status, /metrics and the dashboard on the API listener: any valid token."""
+        if self.tokens.open and self.admin_tokens.open:
+            return
+        authorization = request.header(b"authorization")
+        if self.tokens.check(authorization) is None and self.admin_tokens.check(authorization) is None:
+            raise Unauthorized()
 
     def _infer_guard(self, request: Request) -> None:
-        _check_token(request, self.api_credentials)
-        request.state = _deadline(request)
+        name = self._caller(request)
+        forwarded = request.header(b"x-forwarded-for")
+        who = (request.remote, forwarded.decode("latin-1") if forwarded is not None else None, name)
+        request.state = Caller(_deadline(request), who)
 
     def _job_guard(self, request: Request) -> None:
         self._infer_guard(request)
@@ -201,7 +255,7 @@ class Orchestrator:
             )
 
     # -- outcomes: one path for direct answers and jobs -----------------------------------------
-    def answer(self, ex: Exchange, method: str, path: str, remote: str | None) -> Reply:
+    def answer(self, ex: Exchange, method: str, path: str, who: tuple[str | None, ...]) -> Reply:
         """The reply for a finished exchange, counted in the metrics and the access log."""
         container = ex.container.name if ex.container is not None else None
         wait_ms = b"%.3f" % (ex.waited * 1000.0)
@@ -235,17 +289,23 @@ class Orchestrator:
                     "duration_ms": round(elapsed * 1000.0, 3),
                     "retries": ex.attempts,
                     "error": ex.error.code if ex.error is not None else None,
-                    "remote": remote,
+                    "remote": who[0],
+                    "forwarded_for": who[1],
+                    "client": who[2],
                 },
             )
         return reply
 
     # -- inference ----------------------------------------------------------------------------
     def infer(self, request: Request) -> None:
-        def done(ex: Exchange) -> None:
-            request.respond(self.answer(ex, request.method, request.path, request.remote))
+        """Inference and model metadata: forwarded to a container with a free slot."""
+        caller: Caller = request.state
 
-        ex = Exchange(request_bytes(request.raw_path, request.headers, request.body), request.state, done)
+        def done(ex: Exchange) -> None:
+            request.respond(self.answer(ex, request.method, request.path, caller.who))
+
+        data = request_bytes(request.method, request.raw_path, request.headers, request.body)
+        ex = Exchange(data, caller.deadline, done)
         try:
             self.dispatcher.submit(ex)
         except HTTPError as exc:
@@ -260,11 +320,11 @@ class Orchestrator:
 
     def submit_job(self, request: Request) -> Reply:
         job = Job()
-        remote = request.remote  # the job outlives the request: keep none of its bytes
+        caller: Caller = request.state  # the job outlives the request: keep none of its bytes
         ex = Exchange(
-            request_bytes(b"/run_model", request.headers, request.body),
-            request.state,
-            lambda ex: self._job_done(job, ex, remote),
+            request_bytes("POST", b"/run_model", request.headers, request.body),
+            caller.deadline,
+            lambda ex: self._job_done(job, ex, caller.who),
         )
         self.dispatcher.submit(ex)  # refusals (queue full, no container) are the answer
         job.exchange = ex
@@ -278,8 +338,8 @@ class Orchestrator:
             headers=[(b"Location", status_url.encode())],
         )
 
-    def _job_done(self, job: Job, ex: Exchange, remote: str | None) -> None:
-        reply = self.answer(ex, "POST", "/jobs", remote)
+    def _job_done(self, job: Job, ex: Exchange, who: tuple[str | None, ...]) -> None:
+        reply = self.answer(ex, "POST", "/jobs", who)
         result = {
             "status_code": reply.status,
             "container": ex.container.name if ex.container is not None else None,
@@ -304,129 +364,6 @@ class Orchestrator:
             view["finished"] = job.finished
             view["result"] = job.result
         return json_reply(view)
-
-    # -- admin ------------------------------------------------------------------------------------
-    def admin_reload(self, _request: Request) -> Reply:
-        try:
-            changes = self.reload()
-        except RoutesError as exc:
-            raise HTTPError(
-                f"{exc}; the current table is kept", status=400, code="bad_routing_table"
-            ) from None
-        return json_reply(changes)
-
-    def _selection(self, request: Request) -> tuple[dict[str, Any], list[Container]]:
-        expected = 'expected a JSON object {"node": NAME} or {"container": NAME}'
-        try:
-            body = json.loads(request.body) if request.body else {}
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or len({"node", "container"} & set(body)) != 1:
-            raise BadRequest(expected)
-        key = "node" if "node" in body else "container"
-        if not isinstance(body[key], str):
-            raise BadRequest(f"{key}: expected a string")
-        selected = self.roster.select(**{key: body[key]})
-        if not selected:
-            raise NotFound(f"no {key} named '{body[key]}' in the routing table")
-        return body, selected
-
-    def admin_drain(self, request: Request) -> Reply | None:
-        body, selected = self._selection(request)
-        wait = body.get("wait", False)
-        timeout = body.get("timeout_s", 60)
-        if not isinstance(wait, bool):
-            raise BadRequest("wait: expected true or false")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
-            raise BadRequest("timeout_s: expected a number of seconds in (0, 86400]")
-        self.dispatcher.set_draining(selected, True)
-        names = [c.name for c in selected]
-        log.info("draining %s", names, extra={"containers": names})
-        if not wait:
-            return self._drained(selected)
-        self._later(request, self._wait_drained(selected, timeout))
-        return None
-
-    async def _wait_drained(self, selected: list[Container], timeout: float) -> Reply:
-        try:
-            await asyncio.wait_for(self.dispatcher.wait_idle(selected), timeout)
-        except TimeoutError:
-            in_flight = sum(c.inflight for c in selected)
-            raise HTTPError(
-                f"{in_flight} request(s) still in flight after {timeout}s",
-                status=504,
-                code="drain_timeout",
-                containers=[c.name for c in selected],
-                in_flight=in_flight,
-            ) from None
-        return self._drained(selected)
-
-    def _drained(self, selected: list[Container]) -> Reply:
-        return json_reply(
-            {
-                "containers": [c.name for c in selected],
-                "state": "draining",
-                "in_flight": sum(c.inflight for c in selected),
-            }
-        )
-
-    def admin_ready(self, request: Request) -> Reply:
-        _, selected = self._selection(request)
-        self.dispatcher.set_draining(selected, False)
-        names = [c.name for c in selected]
-        log.info("back in service: %s", names, extra={"containers": names})
-        return json_reply({"containers": names, "states": {c.name: c.state for c in selected}})
-
-    # -- observation ------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        d = self.dispatcher
-        containers = self.roster.containers
-        by_code = self.metrics.by_code
-        return {
-            "ready": d.any_accepting(),
-            "containers": [c.as_dict() for c in containers],
-            "queue": {
-                "depth": len(d.queue),
-                "max_length": d.queue_spec.max_length,
-                "timeout_s": d.queue_spec.timeout_s,
-            },
-            "service_time_ms": round(d.service_ewma_s * 1000.0, 3),
-            "totals": {
-                "answered": sum(by_code.values()),
-                "by_status": {str(k): v for k, v in sorted(by_code.items())},
-                "in_flight": sum(c.inflight for c in containers),
-                "served": sum(c.served for c in containers),
-                "errors": sum(c.errors for c in containers),
-                "retries": self.forwarder.retried,
-                "rejected": dict(d.rejected),
-            },
-            "jobs": {"stored": len(self.jobs.jobs), "max": self.jobs.max_jobs},
-            "history": self.history.view(),
-            "uptime_s": round(time.time() - self.started, 1),
-        }
-
-    def get_status(self, _request: Request) -> Reply:
-        return json_reply(self.status())
-
-    def get_metrics(self, _request: Request) -> Reply:
-        return Reply(200, generate_latest(self.metrics.registry), [(b"Content-Type", _METRICS_TYPE)])
-
-    def healthz(self, _request: Request) -> Reply:
-        return json_reply({"status": "alive"})
-
-    def readyz(self, _request: Request) -> Reply:
-        ready = self.dispatcher.any_accepting()
-        return json_reply(
-            {
-                "status": "ready" if ready else "no ready container",
-                "ready_containers": sum(c.accepting for c in self.roster.containers),
-            },
-            status=200 if ready else 503,
-        )
-
-    def dashboard(self, _request: Request) -> Reply:
-        page = resources.files("onnxfleet.orchestrator").joinpath("dashboard.html").read_bytes()
-        return Reply(200, page, [(b"Content-Type", b"text/html; charset=utf-8")])
 
 
 def _content_type(reply: Reply) -> str | None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 from onnxfleet.orchestrator.errors import HTTPError, NoContainer, QueueFull, QueueTimeout
 from onnxfleet.orchestrator.exchange import Exchange
-from onnxfleet.orchestrator.roster import Container, Roster
+from onnxfleet.orchestrator.roster import Container, Drained, Roster
 from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec
 
 
@@ -28,8 +28,11 @@ class Dispatcher:
     # starts an exchange on a container once it holds a slot (the forwarder sets it)
     start: Callable[[Exchange, Container], None]
 
-    def __init__(self, queue: QueueSpec, roster: Roster) -> None:
+    def __init__(self, queue: QueueSpec, roster: Roster, max_queue_bytes: int = 64 * 1024 * 1024) -> None:
         self.queue_spec = queue
+        self.max_queue_bytes = max_queue_bytes
+        self.queue_bytes = 0  # request bytes held by the queue
+        self.dispatching = True  # False in standby: another process holds the dispatch lease
         self.roster = roster
         self.containers = roster.containers  # the roster's list, in place
         self.queue: OrderedDict[int, Exchange] = OrderedDict()
@@ -41,6 +44,8 @@ class Dispatcher:
     # -- choosing a slot ------------------------------------------------------------------
     def _pick(self) -> Container | None:
         """The least loaded accepting container with a free slot (round-robin among equals)."""
+        if not self.dispatching:
+            return None
         containers = self.containers
         n = len(containers)
         best: Container | None = None
@@ -90,13 +95,13 @@ class Dispatcher:
             # fails the whole queue when the last one stops accepting)
             if not self.any_accepting():
                 raise self._count(NoContainer("no container is ready to serve", retry_after=1))
-        if len(self.queue) >= self.queue_spec.max_length and not priority:
-            raise self._count(
-                QueueFull(
-                    f"the queue is full ({self.queue_spec.max_length} waiting): retry later",
-                    retry_after=self.retry_after(),
-                )
-            )
+        if not priority:
+            if len(self.queue) >= self.queue_spec.max_length:
+                full = f"the queue is full ({self.queue_spec.max_length} waiting): retry later"
+                raise self._count(QueueFull(full, retry_after=self.retry_after()))
+            if self.queue_bytes + ex.size > self.max_queue_bytes:
+                full = f"the queue is full ({self.queue_bytes} bytes of requests waiting): retry later"
+                raise self._count(QueueFull(full, retry_after=self.retry_after()))
         now = time.monotonic()
         wait = self.queue_spec.timeout_s - ex.waited
         by_deadline = ex.deadline is not None and ex.deadline - now < wait
@@ -110,6 +115,7 @@ class Dispatcher:
         ex.queued_at = now
         ex.timer = asyncio.get_running_loop().call_later(wait, self._expire, ex, by_deadline)
         self.queue[key] = ex
+        self.queue_bytes += ex.size
         if priority:
             self.queue.move_to_end(key, last=False)
             self.dispatch()
@@ -124,6 +130,7 @@ class Dispatcher:
         assert ex.key is not None
         assert ex.timer is not None
         del self.queue[ex.key]
+        self.queue_bytes -= ex.size
         ex.key = None
         ex.timer.cancel()
         ex.timer = None
@@ -144,7 +151,7 @@ class Dispatcher:
 
     def position(self, ex: Exchange) -> int | None:
         """How many queued requests are ahead of ``ex`` (None when it is not queued)."""
-        if ex.key is None or ex.key not in self.queue:
+        if ex.key is None:
             return None
         for ahead, key in enumerate(self.queue):
             if key == ex.key:
@@ -217,9 +224,11 @@ class Dispatcher:
                 self._unqueue(ex)
                 ex.finish(None, self._count(NoContainer("no container is ready to serve", retry_after=1)))
 
-    def apply(self, specs: Iterable[ContainerSpec], queue: QueueSpec) -> dict[str, list[str]]:
+    def apply(
+        self, specs: Iterable[ContainerSpec], queue: QueueSpec, drained: Drained | None = None
+    ) -> dict[str, list[str]]:
         self.queue_spec = queue
-        changes = self.roster.apply(specs)
+        changes = self.roster.apply(specs, drained)
         self.changed()
         return changes
 

@@ -7,12 +7,14 @@ answer is read, and discarded if the client is gone) or its connection closed, s
 client's deadline, a client leaving or a container failing its health checks never
 frees a slot the container is still computing in (a late answer frees it).
 
-Re-sending: a request is sent again, at the head of the queue, only when it never got
-an answer byte and could not have been computed: the connection could not be made
-(``--retries`` times), or the container failed its health checks before answering (a
-stopped host sends no reset). A pooled keep-alive connection that the container closed
+Re-sending: a request is sent again, at the head of the queue, only when it cannot have
+been computed: the connection could not be made (``--retries`` times; the container is
+ejected, at most one per request), or the container failed its health checks before
+answering (a stopped host sends no reset). A request that reached a container that then
+closed the connection may have crashed it: never sent again (HAProxy's ``retry-on
+conn-failure``). A pooled keep-alive connection that the container had closed
 meanwhile is retried once on a fresh connection to the same container (the ordinary
-keep-alive race, not a failure of the container).
+keep-alive race, not a failure).
 """
 
 from __future__ import annotations
@@ -47,19 +49,21 @@ class Exchange:
         "data",
         "deadline",
         "done",
+        "ejected",
         "error",
-        "fresh_retry",
         "key",
         "on_done",
         "queued_at",
         "response",
         "sent_at",
+        "size",
         "timer",
         "waited",
     )
 
     def __init__(self, data: bytes, deadline: float | None, on_done: Callable[[Exchange], None]) -> None:
         self.data = data
+        self.size = len(data)
         self.deadline = deadline  # time.monotonic() instant bounding queue wait + answer
         self.on_done = on_done  # called once, by finish()
         self.arrived = time.monotonic()
@@ -69,7 +73,7 @@ class Exchange:
         self.sent_at = 0.0
         self.waited = 0.0  # seconds spent in the queue (all attempts)
         self.attempts = 0  # re-sends so far
-        self.fresh_retry = False
+        self.ejected = False  # a request ejects one container at most
         self.container: Container | None = None
         self.done = False
         self.response: Response | None = None
@@ -148,8 +152,8 @@ class Forwarder:
 
     def _deadline_passed(self, ex: Exchange) -> None:
         ex.timer = None
-        c = ex.container
-        name = c.name if c is not None else "the container"
+        assert ex.container is not None
+        name = ex.container.name
         ex.finish(
             None, GatewayTimeout(f"{name} gave no answer before the request deadline (X-Request-Timeout-Ms)")
         )
@@ -192,37 +196,37 @@ class Forwarder:
     def _failed(
         self, ex: Exchange | None, c: Container, conn: Connection | None, error: UpstreamError
     ) -> None:
-        if (
-            ex is not None
-            and isinstance(error, ClosedBeforeResponse)
-            and conn is not None
-            and conn.reused
-            and not ex.fresh_retry
-            and not ex.done
-        ):
-            # the keep-alive race: the container closed an idle connection we reused
-            ex.fresh_retry = True
+        if isinstance(error, ClosedBeforeResponse) and conn is not None and conn.reused and ex is not None:
+            # the keep-alive race: the container closed an idle connection we reused; the
+            # fresh connection is not "reused", so this happens once per request at most
             self._connect_then_send(ex, c)
             return
         c.errors += 1
         c.last_error = str(error)
-        if isinstance(error, UpstreamTimeout):
-            self._end(c)
-            if ex is not None:
-                ex.finish(None, GatewayTimeout(f"{c.name} gave no answer within {self.upstream_timeout:g}s"))
-            return
-        if not isinstance(error, ConnectFailed | ClosedBeforeResponse):
-            self._end(c)
-            if ex is not None:
-                ex.finish(
-                    None, UpstreamFailed(f"{c.name} sent a malformed or incomplete answer", container=c.name)
-                )
-            return
-        if c.eject(str(error)):
-            self.dispatcher.changed()
         self._end(c)
-        if ex is not None:
-            self._resend(ex, c, str(error))
+        if isinstance(error, ConnectFailed):
+            # nothing reached the container: eject it (once per request) and send elsewhere
+            if ex is None or not ex.ejected:
+                if ex is not None:
+                    ex.ejected = True
+                if c.eject(str(error)):
+                    self.dispatcher.changed()
+            if ex is not None:
+                self._resend(ex, c, str(error))
+            return
+        if ex is None:
+            return
+        if isinstance(error, UpstreamTimeout):
+            ex.finish(None, GatewayTimeout(f"{c.name} gave no answer within {self.upstream_timeout:g}s"))
+        elif isinstance(error, ClosedBeforeResponse):
+            # it may have crashed the container: never sent again (HAProxy's retry-on conn-failure)
+            ex.finish(
+                None, UpstreamFailed(f"{c.name} closed the connection without an answer", container=c.name)
+            )
+        else:
+            ex.finish(
+                None, UpstreamFailed(f"{c.name} sent a malformed or incomplete answer", container=c.name)
+            )
 
     def _resend(self, ex: Exchange, c: Container, reason: str) -> None:
         """Send ``ex`` again elsewhere (it got no answer byte from ``c``), or give up."""
@@ -238,7 +242,6 @@ class Forwarder:
             )
             return
         ex.attempts += 1
-        ex.fresh_retry = False
         if ex.timer is not None:  # the deadline timer: armed again when it is sent
             ex.timer.cancel()
             ex.timer = None

@@ -10,7 +10,7 @@ routing table with the current records are here too: plain methods, no I/O.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from onnxfleet.orchestrator.routes import ContainerSpec
 from onnxfleet.orchestrator.upstream import Connection, Pool
@@ -21,7 +21,7 @@ class Endpoint:
 
     def __init__(self, host: str, port: int) -> None:
         self.address = (host, port)
-        self.pool = Pool(host, port)
+        self.pool = Pool(host, port, max_idle=0)  # raised by the records: slots + 1
         self.inflight = 0  # requests sent and not yet answered (or their connection closed)
         self.sending: set[Connection] = set()  # connections carrying one of those requests
         self.users = 0  # container records on this address
@@ -116,6 +116,9 @@ class Container:
         }
 
 
+Drained = Callable[[str, str], bool]  # (container name, node) → drained by the admin API
+
+
 class Roster:
     def __init__(self) -> None:
         self.containers: list[Container] = []
@@ -129,8 +132,12 @@ class Roster:
         endpoint.users += 1
         return endpoint
 
-    def apply(self, specs: Iterable[ContainerSpec]) -> dict[str, list[str]]:
-        """Adopt a routing table: new names join, removed ones (or moved ones) drain first."""
+    def apply(self, specs: Iterable[ContainerSpec], drained: Drained | None = None) -> dict[str, list[str]]:
+        """Adopt a routing table: new names join, removed ones (or moved ones) drain first.
+
+        A new record drains from the start when ``drained`` says so (the admin API's flags),
+        else when the record it replaces was draining.
+        """
         wanted = {spec.name: spec for spec in specs}
         added: list[str] = []
         removed: list[str] = []
@@ -152,7 +159,9 @@ class Roster:
             current = self.by_name.get(spec.name)
             if current is None or current.removed:
                 c = Container(spec, self._endpoint(spec))
-                if current is not None:
+                if drained is not None:
+                    c.draining = drained(spec.name, spec.node)
+                elif current is not None:
                     c.draining = current.draining
                 self.containers.append(c)
                 self.by_name[spec.name] = c
@@ -168,7 +177,7 @@ class Roster:
             del self.by_name[c.name]
         endpoint = c.endpoint
         endpoint.users -= 1
-        if endpoint.users == 0 and endpoint.inflight == 0:
+        if endpoint.users == 0:  # (its records' requests are over: so are its own)
             endpoint.pool.close()
             del self.endpoints[endpoint.address]
 

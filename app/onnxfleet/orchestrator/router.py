@@ -1,4 +1,4 @@
-"""Routing: exact paths, plus paths with one ``{param}`` segment (``/jobs/{id}``)."""
+"""Routing: exact paths first, then patterns whose ``{param}`` segments match one segment."""
 
 from __future__ import annotations
 
@@ -9,19 +9,18 @@ from onnxfleet.orchestrator.server import Guard, Handler, Request, Route
 class Router:
     def __init__(self) -> None:
         self.exact: dict[str, dict[str, Route]] = {}
-        self.patterns: list[tuple[str, str, str, dict[str, Route]]] = []
+        self.patterns: list[tuple[list[str], dict[str, Route]]] = []
 
     def add(self, method: str, path: str, handler: Handler, guard: Guard | None = None) -> None:
         """``GET`` routes also answer ``HEAD``."""
         route = Route(handler, guard)
         methods = (method, "HEAD") if method == "GET" else (method,)
         if "{" in path:
-            prefix, rest = path.split("{", 1)
-            param, suffix = rest.split("}", 1)
-            table = next((t for p, n, s, t in self.patterns if (p, n, s) == (prefix, param, suffix)), None)
+            segments = path.split("/")
+            table = next((t for s, t in self.patterns if s == segments), None)
             if table is None:
                 table = {}
-                self.patterns.append((prefix, param, suffix, table))
+                self.patterns.append((segments, table))
         else:
             table = self.exact.setdefault(path, {})
         for m in methods:
@@ -32,15 +31,7 @@ class Router:
         path = request.path
         table = self.exact.get(path)
         if table is None:
-            for prefix, param, suffix, candidate in self.patterns:
-                if path.startswith(prefix) and path.endswith(suffix):
-                    value = path[len(prefix) : len(path) - len(suffix)]
-                    if value and "/" not in value and "{" not in value and "}" not in value:
-                        request.params[param] = value
-                        table = candidate
-                        break
-            else:
-                raise NotFound(f"no route {path}: see docs/orchestrator.md for the API")
+            table = self._match(request)
         route = table.get(request.method)
         if route is None:
             allowed = ", ".join(sorted(table))
@@ -49,3 +40,21 @@ class Router:
                 headers=[(b"Allow", allowed.encode())],
             )
         return route
+
+    def _match(self, request: Request) -> dict[str, Route]:
+        segments = request.path.split("/")
+        for pattern, table in self.patterns:
+            if len(pattern) != len(segments):
+                continue
+            params = {}
+            for want, got in zip(pattern, segments, strict=True):
+                if want.startswith("{"):
+                    if not got or "{" in got or "}" in got:
+                        break
+                    params[want[1:-1]] = got
+                elif want != got:
+                    break
+            else:
+                request.params = params
+                return table
+        raise NotFound(f"no route {request.path}: see docs/orchestrator.md for the API")

@@ -42,6 +42,7 @@ log = logging.getLogger("onnxfleet.orchestrator.server")
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _INF = float("inf")
 SWEEP_S = 0.25  # time limits are enforced to within this
+FRESH_GRACE_S = 1.0  # stopping: how long a new connection may take to send its request
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ class HTTPConnection(asyncio.Protocol):
         self.deadline = _INF  # loop.time() by which the current state must end (server sweep)
         self.write_paused = False
         self.closing = False
+        self.requests = 0  # read on this connection so far
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -245,6 +247,7 @@ class HTTPConnection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self.requests += 1
         self.msg = Request(self)
         self.head_size = 0
         self.head_fed = 0
@@ -530,13 +533,21 @@ class HTTPServer:
         self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
     def stop_accepting(self) -> None:
-        """Close the listeners and idle connections; the others close after their answer."""
+        """Close the listeners and idle connections; the others close after their answer.
+
+        A connection accepted but still without a request gets a second for it: its client
+        has just connected to send one, and closing it would reset that request.
+        """
         self.closing = True
         for server in self.servers:
             server.close()
+        soon = self.loop.time() + FRESH_GRACE_S
         for conn in list(self.connections):
             if conn.idle:
-                conn.close()
+                if conn.requests:
+                    conn.close()
+                else:
+                    conn.deadline = min(conn.deadline, soon)
 
     def close(self) -> None:
         if self._sweeper is not None:

@@ -11,40 +11,57 @@ from typing import Any
 from onnxfleet.orchestrator.app import Orchestrator, Settings
 from onnxfleet.orchestrator.routes import RoutingTable
 from onnxfleet.orchestrator.server import HTTPServer, Limits
+from onnxfleet.orchestrator.tokens import Tokens
 
 log = logging.getLogger("onnxfleet.orchestrator")
 
 
 class Service:
-    def __init__(self, settings: Settings, table: RoutingTable, limits: Limits) -> None:
+    def __init__(
+        self, settings: Settings, table: RoutingTable, limits: Limits, tokens: Tokens | None = None
+    ) -> None:
         self.settings = settings
         self.table = table
         self.limits = limits
+        self.tokens = tokens
         self.orchestrator: Orchestrator | None = None
-        self.server: HTTPServer | None = None
+        self.servers: list[HTTPServer] = []
 
-    async def start(self, sockets: Iterable[Any]) -> None:
-        self.orchestrator = Orchestrator(self.settings, self.table)
-        await self.orchestrator.start()
-        self.server = HTTPServer(self.orchestrator, self.limits)
-        await self.server.listen(sockets)
+    async def start(self, api: Iterable[Any], admin: Iterable[Any] = ()) -> None:
+        """Serve the API on the ``api`` sockets and the admin API on the ``admin`` ones."""
+        orchestrator = self.orchestrator = Orchestrator(self.settings, self.table, self.tokens)
+        await orchestrator.start()
+        server = HTTPServer(orchestrator.api_router, self.limits)
+        await server.listen(api)
+        self.servers.append(server)
+        if orchestrator.admin_router is not orchestrator.api_router:
+            server = HTTPServer(orchestrator.admin_router, self.limits)
+            await server.listen(admin)
+            self.servers.append(server)
         log.info("orchestrator started", extra={"containers": len(self.table.containers)})
+
+    def _quiet(self) -> bool:
+        assert self.orchestrator is not None
+        return self.orchestrator.idle() and not any(server.connections for server in self.servers)
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting; let the queue and the requests in flight finish for ``grace_s``.
 
         What still waits then gets 503 ``shutting_down``.
         """
-        orchestrator, server = self.orchestrator, self.server
-        if orchestrator is None or server is None:
+        orchestrator = self.orchestrator
+        if orchestrator is None:
             return
         log.info("stopping: no new connections, finishing the queue and the requests in flight")
-        server.stop_accepting()
+        for server in self.servers:
+            server.stop_accepting()
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and not (orchestrator.idle() and not server.connections):
+        while time.monotonic() < deadline and not self._quiet():
             await asyncio.sleep(0.05)
         orchestrator.fail_queue()
-        server.fail_active()
+        for server in self.servers:
+            server.fail_active()
         await orchestrator.stop()
-        server.close()
+        for server in self.servers:
+            server.close()
         log.info("orchestrator stopped")

@@ -51,8 +51,10 @@ class OrchestratorWorker(Worker):
         loop.add_signal_handler(signal.SIGINT, stop_now)
         loop.add_signal_handler(signal.SIGQUIT, stop_now)
         heartbeat = loop.create_task(self._heartbeat(stop))
+        # the arbiter binds --bind first, then --admin-bind (cli.run)
+        sockets = [listener.sock for listener in self.sockets]
         try:
-            await service.start([listener.sock for listener in self.sockets])
+            await service.start(sockets[:1], sockets[1:])
         except Exception:
             self.log.exception("the orchestrator could not start")
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
