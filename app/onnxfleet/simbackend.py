@@ -2,7 +2,8 @@
 
 One lean asyncio process (raw protocols, httptools' request parser, keep-alive) serves
 several ports; each port behaves like one model container: ``POST /run_model`` and
-``POST /v2/models/{name}/infer`` answer after ``--service-ms``, ``GET /readyz`` answers at
+``POST /v2/models/{name}/infer`` (and the ``GET /v2...`` metadata routes) answer after
+``--service-ms`` with what they received, ``GET /readyz`` answers at
 once. Tests and benchmarks read what each port saw (``GET /stats``: requests served, the
 highest concurrency observed, the arrival order of ``X-Request-Id``) and switch ports into
 failure modes (``POST /admin/mode``): ``ok``, ``fail`` (500), ``refuse`` (listener closed,
@@ -196,10 +197,10 @@ class _Conn(asyncio.Protocol):
             self._control(method, path, body)
             return
         assert port is not None
-        if method == "POST" and (
-            path == "/run_model" or (path.startswith("/v2/models/") and path.endswith("/infer"))
-        ):
-            self._infer(port, path, headers, body)
+        infer = path == "/run_model" or (path.startswith("/v2/models/") and path.endswith("/infer"))
+        metadata = path == "/v2" or path.startswith("/v2/models/")
+        if (method == "POST" and infer) or (method == "GET" and metadata):
+            self._infer(port, method, path, headers, body)
         elif path in ("/readyz", "/healthz"):
             if port.mode == "vanish":
                 self.busy = True  # never answers, nothing computed
@@ -211,7 +212,7 @@ class _Conn(asyncio.Protocol):
         else:
             self._send(_response(404, {"error": f"no route {path}", "code": "not_found"}))
 
-    def _infer(self, port: Port, path: str, headers: dict[str, str], body: bytes) -> None:
+    def _infer(self, port: Port, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         port.received += 1
         request_id = headers.get("x-request-id", "")
         port.order.append(request_id)
@@ -229,7 +230,9 @@ class _Conn(asyncio.Protocol):
             "container": port.name,
             "version": port.version,
             "id": request_id,
+            "method": method,
             "path": path,
+            "authorization": "authorization" in headers,
             "content_type": headers.get("content-type"),
             "bytes": len(body),
         }

@@ -116,12 +116,16 @@ class Orchestrator:
             api.add("GET", path, self.observe.healthz)
         for path in ("/readyz", "/v2/health/ready"):
             api.add("GET", path, self.observe.readyz)
-        admin = Router() if self.settings.admin_listener else api
         # on the API listener, what tells about the fleet needs a token (any: API or admin)
-        view_guard = None if admin is not api else self._view_guard
-        admin.add("GET", "/status", self.observe.get_status, view_guard)
-        admin.add("GET", "/metrics", self.observe.get_metrics, view_guard)
-        admin.add("GET", "/", self.observe.dashboard, view_guard)
+        api.add("GET", "/status", self.observe.get_status, self._view_guard)
+        api.add("GET", "/metrics", self.observe.get_metrics, self._view_guard)
+        api.add("GET", "/", self.observe.dashboard, self._view_guard)
+        admin = api
+        if self.settings.admin_listener:
+            admin = Router()
+            admin.add("GET", "/status", self.observe.get_status)
+            admin.add("GET", "/metrics", self.observe.get_metrics)
+            admin.add("GET", "/", self.observe.dashboard)
         admin.add("POST", "/admin/reload", self.admin.reload, self._admin_guard)
         admin.add("POST", "/admin/drain", self.admin.drain, self._admin_guard)
         admin.add("POST", "/admin/ready", self.admin.ready, self._admin_guard)
@@ -193,6 +197,8 @@ class Orchestrator:
             task.cancel()
         await self.health.close()
         self.roster.close()
+        if self.lease is not None:
+            self.lease.release()
 
     def later(self, request: Request, work: Coroutine[Any, Any, Reply]) -> None:
         """Answer ``request`` when ``work`` is done (the few handlers that wait)."""

@@ -192,7 +192,7 @@ class HTTPConnection(asyncio.Protocol):
         self.remote = peer[0] if isinstance(peer, tuple) else None
         if not self.server.admit(self):
             return
-        self._set_deadline(self.limits.keep_alive_s)
+        self._set_deadline(self.limits.head_timeout_s)  # a new connection is for a request
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -455,17 +455,26 @@ class HTTPConnection(asyncio.Protocol):
         self.deadline = _INF
         if self.closing:
             return
-        if self.state in (_HEAD, _BODY) and self.active is None:
+        reading = self.msg
+        if self.state in (_HEAD, _BODY) and (self.active is None or self.active is reading):
             what = "head" if self.state == _HEAD else "body"
-            self._refuse(
-                HTTPError(f"the request {what} was not received in time", status=408, code="request_timeout")
+            late = HTTPError(
+                f"the request {what} was not received in time", status=408, code="request_timeout"
             )
-        else:
-            self.close()  # idle, lingering, or a pipelined request behind another: just close
+            if self.active is None:
+                self._refuse(late)
+                return
+            assert reading is not None
+            reading.received = True  # as far as this connection goes: answer, then close
+            reading.keep_alive = False
+            self._stop_reading()
+            self.reply(reading, error_reply(late))
+        self.close()  # idle, lingering, or a pipelined request behind another: just close
 
     @property
     def idle(self) -> bool:
-        return self.state == _IDLE and self.active is None
+        """Between two requests (a new connection is not: its request is on its way)."""
+        return self.state == _IDLE and self.active is None and self.requests > 0
 
     def close(self) -> None:
         self.closing = True
@@ -544,10 +553,9 @@ class HTTPServer:
         soon = self.loop.time() + FRESH_GRACE_S
         for conn in list(self.connections):
             if conn.idle:
-                if conn.requests:
-                    conn.close()
-                else:
-                    conn.deadline = min(conn.deadline, soon)
+                conn.close()
+            elif conn.state == _IDLE and conn.active is None:  # new, its request on its way
+                conn.deadline = min(conn.deadline, soon)
 
     def close(self) -> None:
         if self._sweeper is not None:

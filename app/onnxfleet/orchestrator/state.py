@@ -125,3 +125,10 @@ class Lease:
         threading.Thread(target=wait, name="dispatch-lease", daemon=True).start()
         await done
         self.held = True
+
+    def release(self) -> None:
+        """Let the next process dispatch (the end of this one does it too)."""
+        if self.fd >= 0:
+            os.close(self.fd)  # a waiting thread, if any, gets the lock and it is dropped with the file
+            self.fd = -1
+            self.held = False
