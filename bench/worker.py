@@ -4,12 +4,14 @@
     .venv/bin/python -m bench.worker [--batch 8] [--concurrency 1,4] [--duration 3]
 
 Starts a real worker (gunicorn + onnxruntime, `onnxfleet worker`) on a loopback port,
-sends the same digits batch to ``POST /run_model`` from ``c`` concurrent aiohttp clients,
-then runs the same batch through the same onnxruntime session settings in this process
-from ``c`` threads. Prints requests/s, p50 and p99 for both and the overhead ratios,
-plus the HTTP floor: the same worker answering ``GET /healthz`` (no JSON, no model).
-Each phase stops after ``--requests`` requests or ``--duration`` seconds, whichever
-comes first. Client and worker share this machine's CPUs: the figures are a floor.
+sends the same digits batch from ``c`` concurrent aiohttp clients to ``POST /run_model``
+and to ``POST /v2/models/digits/infer`` as OIP JSON and as Triton's binary tensors (what
+tritonclient sends by default), then runs the same batch through the same onnxruntime
+session settings in this process from ``c`` threads. Prints requests/s, p50 and p99 for
+each and the overhead ratios, plus the HTTP floor: the same worker answering
+``GET /healthz`` (no JSON, no model). Each phase stops after ``--requests`` requests or
+``--duration`` seconds, whichever comes first. Client and worker share this machine's
+CPUs: the figures are a floor.
 """
 
 from __future__ import annotations
@@ -27,14 +29,17 @@ import aiohttp
 import numpy as np
 from sklearn.datasets import load_digits
 
+from onnxfleet import oip
 from onnxfleet.worker.cpus import default_intra_op_threads
 from onnxfleet.worker.model import Model
+from onnxfleet.worker.settings import model_identity
 from tests.support import Service, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 WARM_UP_REQUESTS = 50
 HTTP, FLOOR, LOCAL = "worker POST /run_model", "worker GET /healthz", "onnxruntime in-process"
+OIP_JSON, OIP_BINARY = "worker OIP JSON", "worker OIP binary"
 
 
 @dataclass
@@ -94,11 +99,18 @@ def in_process(model: Model, feeds: dict, concurrency: int, requests: int, durat
 
 
 async def over_http(
-    mode: str, url: str, body: bytes | None, *, concurrency: int, requests: int, duration: float
+    mode: str,
+    url: str,
+    body: bytes | None,
+    *,
+    concurrency: int,
+    requests: int,
+    duration: float,
+    headers: dict[str, str] | None = None,
 ) -> Phase:
     """POST ``body`` to ``url`` (GET when there is no body) from ``concurrency`` clients."""
     method = "POST" if body is not None else "GET"
-    headers = {"Content-Type": "application/json"}
+    headers = headers or {"Content-Type": "application/json"}
     latencies: list[float] = []
     errors = 0
     left = requests
@@ -144,6 +156,16 @@ def main() -> int:
 
     samples = load_digits().data[: args.batch].astype(np.float32)
     body = json.dumps({"inputs": samples.tolist()}).encode()
+    model = Model(args.model, args.intra_op_threads)
+    feeds = {model.signature.input_names[0]: samples}
+    oip_json, _ = oip.encode_request(feeds, binary_data=False)
+    oip_binary, binary_headers = oip.encode_request(feeds, binary_output=True)
+    infer = f"/v2/models/{model_identity(args.model)[0]}/infer"
+    variants = [
+        (HTTP, "/run_model", body, None),
+        (OIP_JSON, infer, oip_json, None),
+        (OIP_BINARY, infer, oip_binary, binary_headers),
+    ]
     threads = str(args.intra_op_threads)
 
     phases: list[Phase] = []
@@ -153,12 +175,17 @@ def main() -> int:
     worker_args += ["--container-name", "bench"]  # logging at info, one line per request, as deployed
     with Service(worker_args, port) as service:
         for c in concurrencies:
-            url = service.url + "/run_model"
-            phases.append(
-                asyncio.run(
-                    over_http(HTTP, url, body, concurrency=c, requests=args.requests, duration=args.duration)
+            for mode, path, data, headers in variants:
+                phase = over_http(
+                    mode,
+                    service.url + path,
+                    data,
+                    concurrency=c,
+                    requests=args.requests,
+                    duration=args.duration,
+                    headers=headers,
                 )
-            )
+                phases.append(asyncio.run(phase))
         # The floor: the same server answering GET /healthz (no body, no JSON, no model).
         url = service.url + "/healthz"
         phases.append(
@@ -166,8 +193,6 @@ def main() -> int:
                 over_http(FLOOR, url, None, concurrency=1, requests=args.requests, duration=args.duration)
             )
         )
-    model = Model(args.model, args.intra_op_threads)
-    feeds = {model.signature.input_names[0]: samples}
     for c in concurrencies:
         phases.append(in_process(model, feeds, c, args.requests, args.duration))
 
