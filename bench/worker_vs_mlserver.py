@@ -10,8 +10,8 @@ they get the same CPU share. MLServer runs
 a minimal onnxruntime runtime (``bench/mlserver_runtime.py``) in its main process
 (``parallel_workers: 0``, its cheapest set-up on one core), with adaptive batching on
 (``--max-batch-size``, ``--max-batch-time-ms``) and, for reference, off. The worker runs as
-the fleet runs it (``--max-concurrency 1``), with ``--max-waiting`` raised to the largest
-client count so that it queues instead of answering 429. Each request is the model
+the fleet runs it (``--max-concurrency 1``), with ``--max-waiting`` raised to twice the
+largest client count so that it queues instead of answering 429. Each request is the model
 card's example image (batch 1), the same JSON body for both. Prints requests/s, p50, p99,
 errors and the server's CPU time per request (all its processes); asserts nothing.
 
@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bench.orchestrator_vs_haproxy import WRK_SCRIPT, cpu_seconds, wait_up, wrk
+from bench.orchestrator_vs_haproxy import WRK_SCRIPT, wait_up, wrk
+from bench.worker import cpu_seconds
 from tests.support import ROOT, Service, free_port
 from tests.worker.worker_support import DIGITS, find_python, pinned_venv, started
 
@@ -49,21 +50,6 @@ file:close()
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 """
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and all its descendants."""
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            total += cpu_seconds(current)
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        pending += [int(child) for child in children]
-    return total
 
 
 def cores() -> tuple[set[int], set[int]]:
@@ -133,9 +119,9 @@ def measure(label: str, pid: int, url: str, script: Path, args: argparse.Namespa
     rows = []
     for connections in args.concurrency:
         wrk(url, script, connections, 1.0)  # warm-up: connections, caches, batch sizes
-        before = tree_cpu(pid)
+        before = cpu_seconds(pid)
         result = wrk(url, script, connections, args.duration)
-        result["cpu_us"] = (tree_cpu(pid) - before) / max(1, result["requests"]) * 1e6
+        result["cpu_us"] = (cpu_seconds(pid) - before) / max(1, result["requests"]) * 1e6
         rows.append({"server": label, "clients": connections, **result})
         print(
             f"{label:<40} {connections:>3} {result['rps']:>9.1f} {result['p50_us'] / 1000:>8.2f} "
@@ -160,7 +146,9 @@ def servers(args: argparse.Namespace, work: Path, script: Path, body: bytes, lab
     rows: list[dict] = []
     port = free_port()
     worker_args = ["worker", "--model", str(DIGITS), "--bind", f"127.0.0.1:{port}", "--intra-op-threads", "1"]
-    worker_args += ["--max-waiting", str(max(args.concurrency)), "--container-name", "bench"]
+    # Room for every client, twice: requests of a finished phase may still be in the worker
+    # when the next phase's connections send theirs.
+    worker_args += ["--max-waiting", str(2 * max(args.concurrency)), "--container-name", "bench"]
     os.sched_setaffinity(0, server_cpus)
     with started(Service(worker_args, port)) as worker:
         os.sched_setaffinity(0, client_cpus)
