@@ -237,8 +237,9 @@ class Orchestrator:
             raise Unauthorized()
 
     def _view_guard(self, request: Request) -> None:
-        """/status, /metrics and the dashboard on the API listener: any valid token."""
-        if self.tokens.open and self.admin_tokens.open:
+        """/status, /metrics and the dashboard on the API listener: as open as the API itself
+        (with client tokens configured, any valid client or admin token)."""
+        if self.tokens.open:
             return
         authorization = request.header(b"authorization")
         if self.tokens.check(authorization) is None and self.admin_tokens.check(authorization) is None:
