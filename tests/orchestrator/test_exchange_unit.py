@@ -397,3 +397,75 @@ def test_requests_on_a_reused_connection_are_handed_on_when_their_container_fail
             assert a.connections == 1  # the request went on the reused connection, and was moved
 
     run(main)
+
+
+def test_a_container_that_closes_without_an_answer_gets_no_second_request() -> None:
+    async def close(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
+        return False
+
+    async def main() -> None:
+        async with Scripted(close) as a, Scripted(answer_ok) as b:
+            fleet = Fleet([a.spec("a"), b.spec("b")])
+            fleet.dispatcher.set_draining([fleet.container("b")], True)
+            for _ in range(2):
+                ex = await fleet.outcome()
+                assert ex.error is not None
+                assert (ex.error.status, ex.error.code) == (502, "upstream_error")
+                assert ex.error.message == "a closed the connection without an answer"
+                assert ex.error.extra == {"container": "a"}
+            c = fleet.container("a")
+            assert (c.errors, c.healthy, c.inflight) == (2, True, 0)
+            assert (len(a.requests), len(b.requests), fleet.forwarder.retried) == (2, 0, 0)
+
+    run(main)
+
+
+def test_a_request_handed_on_goes_first_or_fails_with_the_reason() -> None:
+    async def never(reader: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
+        await asyncio.sleep(30)
+        return False
+
+    async def main() -> None:
+        async with Scripted(never) as a, Scripted(answer_after(0.05)) as b:
+            fleet = Fleet([a.spec("a"), b.spec("b")])
+            first, first_done = fleet.send()  # to a (never answers)
+            busy, _ = fleet.send()  # to b
+            queued, _ = fleet.send()  # waits
+            await asyncio.sleep(0.05)
+            assert (first.container, busy.container) == (fleet.container("a"), fleet.container("b"))
+            assert queued.key is not None
+            first.waited = 0.5  # as if it had waited before
+            c = fleet.container("a")
+            c.record_check(False, 1, 1, "gone")
+            fleet.forwarder.abandon(c, "a failed its health checks")
+            assert fleet.dispatcher.position(first) == 0  # re-sent: ahead of the one that waits
+            done = await asyncio.wait_for(first_done, 2)
+            assert done.container is fleet.container("b")
+            assert done.waited > 0.5  # the earlier wait still counts
+
+        async with Scripted(never) as a:
+            fleet = Fleet([a.spec("a")], retries=0)
+            _, lost_done = fleet.send()
+            await asyncio.sleep(0.05)
+            c = fleet.container("a")
+            c.record_check(False, 1, 1, "gone")
+            fleet.forwarder.abandon(c, "a failed its health checks")
+            done = await asyncio.wait_for(lost_done, 2)
+            assert done.error is not None
+            assert (
+                done.error.message
+                == "no container could be reached: a: a failed its health checks (after 0 re-sends)"
+            )
+
+        async with Scripted(never) as a:
+            fleet = Fleet([a.spec("a")], retries=1)
+            _, alone_done = fleet.send()
+            await asyncio.sleep(0.05)
+            c = fleet.container("a")
+            c.record_check(False, 1, 1, "gone")
+            fleet.forwarder.abandon(c, "gone")  # re-sent, but nothing accepts: refused at once
+            done = await asyncio.wait_for(alone_done, 2)
+            assert done.error is not None
+            assert (done.error.code, done.attempts) == ("no_ready_container", 1)
+
+    run(main)

@@ -93,6 +93,7 @@ def test_when_the_last_container_goes_down_the_queue_fails_and_waiting_requests_
             assert done.error is not None
             assert done.error.code == "no_ready_container"
             assert fleet.forwarder.retried == 1
+            assert first.attempts == 1
             # a passing check brings it back: new requests flow again
             fleet.dispatcher.set_draining([b_container], False)
             checker.record(fleet.container("a"), None)
@@ -139,5 +140,26 @@ def test_what_a_failed_check_records(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.setattr(Pool, "request", broken)
             await until(lambda: c.last_error == "/other: ValueError")
             await checker.close()
+
+    run(main)
+
+
+def test_a_request_moved_on_by_the_checks_says_why() -> None:
+    from onnxfleet.orchestrator.health import HealthChecker
+
+    async def silent(reader: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
+        await read_request(reader)
+        return False
+
+    async def main() -> None:
+        async with Scripted(silent) as a:
+            fleet = Fleet([a.spec("a")], retries=0)
+            checker = HealthChecker(fleet.dispatcher, fleet.forwarder, HealthSpec(fall=1, rise=1))
+            _, done = fleet.send()
+            await asyncio.sleep(0.05)
+            checker.record(fleet.container("a"), "/readyz: no answer")
+            ex = await asyncio.wait_for(done, 2)
+            assert ex.error is not None
+            assert "a: a failed its health checks before answering (/readyz: no answer)" in ex.error.message
 
     run(main)

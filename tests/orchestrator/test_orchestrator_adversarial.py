@@ -98,6 +98,8 @@ def test_item2_a_client_deadline_never_frees_a_slot_the_container_still_uses(
 
 
 def test_item3_one_poison_request_ejects_no_container(sim: SimFleet, tmp_path: Path) -> None:
+    """A request after which its container closes the connection may be what crashed it:
+    sent again, it took the fleet down. It gets a 502 and ejects nobody."""
     table = routes(
         tmp_path / "routes.json",
         [("a/0", sim.url(0), "a"), ("b/0", sim.url(1), "b"), ("c/0", sim.url(2), "c")],
@@ -107,11 +109,14 @@ def test_item3_one_poison_request_ejects_no_container(sim: SimFleet, tmp_path: P
             sim.mode(i, "drop")
         code, _, body = call(orch.url + "/run_model", "POST", {})
         assert (code, body["code"]) == (502, "upstream_error")
-        assert sum(sim.stats(i)["received"] for i in range(3)) <= 2
+        assert "closed the connection without an answer" in body["error"]
+        received = [sim.stats(i)["received"] for i in range(3)]
+        assert max(received) == sum(received) <= 2  # one container, twice if it met the keep-alive race
+        assert status(orch)["totals"]["retries"] == 0
         for i in range(3):
             sim.mode(i, "ok")
-        assert call(orch.url + "/run_model", "POST", {})[0] == 200
         assert all(c["state"] == "ready" for c in status(orch)["containers"])
+        assert call(orch.url + "/run_model", "POST", {})[0] == 200
 
 
 def test_item4_read_timeouts_and_the_connection_cap(sim: SimFleet, tmp_path: Path) -> None:

@@ -46,29 +46,6 @@ def test_request_that_never_reached_a_container_is_retried_on_another(sim: SimFl
         assert sorted(sim.stats(1)["order"][2:]) == sorted(f"r{i}" for i in range(12))
 
 
-def test_a_request_that_makes_its_container_close_is_not_sent_again(sim: SimFleet, tmp_path: Path) -> None:
-    """It may be what crashed the container: sent again, it could take the fleet down
-    (issue 9, item 3). It gets a 502 and ejects nobody; the health checks decide."""
-    table = routes(
-        tmp_path / "routes.json",
-        [("a/0", sim.url(0), "a"), ("b/0", sim.url(1), "b"), ("c/0", sim.url(2), "c")],
-    )
-    with in_process(table) as orch:
-        for index in range(3):
-            sim.mode(index, "drop")
-        code, _, body = call(orch.url + "/run_model", "POST", {}, {"X-Request-Id": "poison"})
-        assert (code, body["code"]) == (502, "upstream_error")
-        assert "closed the connection without an answer" in body["error"]
-        received = [sim.stats(i)["received"] for i in range(3)]
-        assert sum(received) <= 2  # once, and once more if it met the keep-alive race
-        assert max(received) == sum(received)  # one container only
-        assert status(orch)["totals"]["retries"] == 0
-        for index in range(3):
-            sim.mode(index, "ok")
-        assert all(c["state"] == "ready" for c in status(orch)["containers"])
-        assert call(orch.url + "/run_model", "POST", {})[0] == 200
-
-
 def test_without_retries_an_unreachable_container_is_a_502(sim: SimFleet, tmp_path: Path) -> None:
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")], health={"interval_s": 30})
     with in_process(table, "--retries", "0") as orch:

@@ -84,29 +84,27 @@ class Exchange:
 
     def finish(self, response: Response | None, error: HTTPError | None) -> None:
         """The outcome for the client (once; later calls change nothing)."""
-        if self.done:
-            return
-        self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.response, self.error = response, error
-        self.data = b""  # the request bytes are not needed anymore (memory: jobs keep outcomes)
-        self.part = None
-        on_done, self.on_done = self.on_done, _ignore  # no cycle through the client's callback
-        on_done(self)
+        on_done = self._end()
+        if on_done is not None:
+            self.response, self.error = response, error
+            on_done(self)
 
     def abandon(self) -> None:
         """The client left: no outcome (a request at a container runs on, its answer is dropped)."""
+        self._end()
+
+    def _end(self) -> Callable[[Exchange], None] | None:
+        """Done for the client: the callback to call, or None when it was done already."""
         if self.done:
-            return
+            return None
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.data = b""
+        self.data = b""  # the request bytes are not needed anymore (memory: jobs keep outcomes)
         self.part = None
-        self.on_done = _ignore
+        on_done, self.on_done = self.on_done, _ignore  # no cycle through the client's callback
+        return on_done
 
 
 def _ignore(_ex: Exchange) -> None:
@@ -132,7 +130,7 @@ class Batch(Exchange):
 class Forwarder:
     """Sends exchanges to the containers the dispatcher chose, and ends them."""
 
-    def __init__(self, dispatcher: Dispatcher, upstream_timeout: float = 60.0, retries: int = 2) -> None:
+    def __init__(self, dispatcher: Dispatcher, upstream_timeout: float, retries: int) -> None:
         self.dispatcher = dispatcher
         self.upstream_timeout = upstream_timeout
         self.retries = retries
