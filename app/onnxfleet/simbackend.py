@@ -35,6 +35,7 @@ _REASONS = {
     200: "OK",
     400: "Bad Request",
     404: "Not Found",
+    415: "Unsupported Media Type",
     422: "Unprocessable Entity",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -99,6 +100,9 @@ class EchoModel:
         identity = (ECHO_NAME, port.version)
         try:
             if path == "/run_model":
+                mimetype = headers.get("content-type", "").split(";")[0].strip().lower()
+                if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+                    raise oip.UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
                 feeds = oip.run_model.parse_request(body, self.signature)
                 request = None
             else:
@@ -169,6 +173,7 @@ class Port:
             "port": self.port,
             "mode": self.mode,
             "service_ms": self.service_ms,
+            "max_rows": self.max_rows,
             "received": self.received,
             "served": self.served,
             "in_flight": self.inflight,

@@ -24,6 +24,7 @@ from onnxfleet.orchestrator.roster import Container, Roster
 from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec, RoutesError, parse_table
 from onnxfleet.orchestrator.upstream import Response
 from onnxfleet.simbackend import ECHO_MODEL, EchoModel
+from tests.orchestrator.batch_support import FORMATS, client_request
 
 CONTAINERS = [{"name": "a/0", "url": "http://a:1", "node": "a"}]
 ECHO = parse_table({"containers": CONTAINERS, "model": ECHO_MODEL, "batching": {}}).model
@@ -183,27 +184,8 @@ def echo_answer(data: bytes) -> Response:
     return Response(status, [(b"X-Model-Version", b"7"), *pairs], answer, True)  # type: ignore[misc]
 
 
-FORMATS = st.sampled_from(["run_model", "json", "binary", "binary_out", "some_outputs"])
-
-
-def client_request(
-    fmt: str, rows: np.ndarray, request_id: str | None
-) -> tuple[str, bytes, list[tuple[bytes, bytes]]]:
-    """(path, body, headers) of one client request for ``rows`` in format ``fmt``."""
-    headers = [(b"x-request-id", request_id.encode())] if request_id is not None else []
-    if fmt == "run_model":
-        return "/run_model", run_model_body(rows.tolist()), [(b"content-type", b"application/json"), *headers]
-    outputs = [oip.RequestedOutput("n", binary=True)] if fmt == "some_outputs" else None
-    body, extra = oip.encode_request(
-        {"x": rows},
-        outputs,
-        binary_data=fmt != "json",
-        binary_output=fmt == "binary_out",
-        request_id=request_id,
-    )
-    for name, value in extra.items():
-        headers.append((name.lower().encode(), value.encode()))
-    return "/v2/models/echo/infer", body, headers
+def byte_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
 
 
 def part_of(path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> Part:
@@ -222,7 +204,11 @@ def part_of(path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> Part:
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
-        st.tuples(FORMATS, st.integers(1, 3), st.one_of(st.none(), st.text("abc", min_size=1, max_size=3))),
+        st.tuples(
+            st.sampled_from(FORMATS),
+            st.integers(1, 3),
+            st.one_of(st.none(), st.text("abc", min_size=1, max_size=3)),
+        ),
         min_size=2,
         max_size=6,
     ),
@@ -238,7 +224,8 @@ def test_a_split_answer_is_what_each_request_alone_gets(
     requests, parts = [], []
     for fmt, rows, request_id in members:
         values = rng.standard_normal((rows, width)).astype(np.float32)
-        path, body, headers = client_request(fmt, values, request_id)
+        path, body, text_headers = client_request(fmt, values, request_id)
+        headers = byte_headers(text_headers)
         requests.append(request_bytes("POST", path.encode(), headers, body))
         part = part_of(path, body, headers)
         read(part, body, ECHO.signature, 32, 1 << 20)
@@ -469,5 +456,23 @@ def test_metrics_text_has_the_batch_size_histogram() -> None:
             r"onnxfleet_orchestrator_batch_rows", families["onnxfleet_orchestrator_batch_rows"].name
         )
         assert h.batcher.status()["mean_batch"] > 1
+
+    asyncio.run(main())
+
+
+def test_an_explicit_version_merges_only_on_a_container_known_to_serve_it() -> None:
+    async def main() -> None:
+        h = Harness(max_batch_size=8)
+        c = h.dispatcher.roster.by_name["b"]
+        assert ECHO is not None
+        body, headers = oip.encode_request({"x": np.ones((1, 2), np.float32)})
+        data = request_bytes("POST", b"/v2/models/echo/versions/7/infer", byte_headers(headers), body)
+        ex = Exchange(data, None, lambda _ex: None)
+        ex.part = Part(INFER, len(body), ECHO, header=headers[oip.HEADER_LENGTH].encode(), version="7")
+        assert not h.batcher._mergeable(ex, c)  # its version unknown yet: it goes alone (maybe 404)
+        c.model_version = "7"
+        assert h.batcher._mergeable(ex, c)
+        c.model_version = "8"
+        assert not h.batcher._mergeable(ex, c)
 
     asyncio.run(main())
