@@ -45,7 +45,7 @@ def test_model_and_batching_fields_and_their_defaults() -> None:
     assert (table.batching.max_batch_size, table.batching.max_delay_s) == (8, 0.0)
     defaults = parse_table({"containers": CONTAINERS, "model": ECHO_MODEL, "batching": {}}).batching
     assert defaults is not None
-    assert (defaults.max_batch_size, defaults.max_delay_s) == (32, 0.001)
+    assert (defaults.max_batch_size, defaults.max_delay_s) == (32, 0.0)
     plain = parse_table({"containers": CONTAINERS})
     assert (plain.model, plain.batching) == (None, None)
 
@@ -442,16 +442,19 @@ def test_a_delay_waits_for_company_until_a_batch_is_full() -> None:
 def test_metrics_text_has_the_batch_size_histogram() -> None:
     async def main() -> None:
         h = Harness(max_batch_size=8)
-        for n in range(6):
-            h.submit(n, 1)  # four start at once (a has two slots, b and c one), two queue
-        h.answer(0)
+        h.submit(0, 1)
+        h.batcher.flush()  # the event-loop turn ends: it goes alone
+        for n in range(1, 6):
+            h.submit(n, 1)  # arriving in one turn: they go together
+        assert len(h.calls) == 1
+        h.batcher.flush()
+        assert len(h.calls) == 2
         from onnxfleet.orchestrator.batching import BatchCollector
 
         families = {m.name: m for m in BatchCollector(h.batcher).collect()}
         sizes = families["onnxfleet_orchestrator_batch_size"]
         counts = {s.labels.get("le"): s.value for s in sizes.samples if s.name.endswith("_bucket")}
-        assert counts["1.0"] == 4  # four went alone
-        assert counts["2.0"] == 5  # then one call of two
+        assert (counts["1.0"], counts["4.0"], counts["8.0"]) == (1, 1, 2)
         assert re.match(
             r"onnxfleet_orchestrator_batch_rows", families["onnxfleet_orchestrator_batch_rows"].name
         )

@@ -64,7 +64,7 @@ class Batcher:
         self.model: ModelSpec | None = None
         self.spec = BatchingSpec()
         self.off_reason = "the routing table has no batching object"
-        self.flush_timer: asyncio.TimerHandle | None = None
+        self.flush_timer: asyncio.Handle | None = None
         self.sizes = LeanHistogram(
             f"{PREFIX}_batch_size",
             "Requests per inference call to a container while batching is on (1: sent alone)",
@@ -127,13 +127,13 @@ class Batcher:
         )
 
     # -- holding a request that could go at once ------------------------------------------
-    def hold(self) -> bool:
-        """A request could start at once: wait ``max_delay_ms`` for others (False: no delay)."""
-        if self.spec.max_delay_s <= 0:
-            return False
+    def hold(self) -> None:
+        """A request could start at once: it waits ``max_delay_ms`` for others to join it (with
+        0, until the requests that arrived in the same event-loop turn are queued too)."""
         if self.flush_timer is None:
-            self.flush_timer = asyncio.get_running_loop().call_later(self.spec.max_delay_s, self.flush)
-        return True
+            loop = asyncio.get_running_loop()
+            delay = self.spec.max_delay_s
+            self.flush_timer = loop.call_later(delay, self.flush) if delay > 0 else loop.call_soon(self.flush)
 
     def queued(self) -> None:
         """A request joined the queue: enough for a full batch ends the delay."""

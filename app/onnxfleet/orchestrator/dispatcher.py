@@ -100,9 +100,10 @@ class Dispatcher:
         if not self.queue:
             c = self._pick()
             if c is not None:
-                if batcher is None or self.queue_spec.max_length == 0 or not batcher.hold():
+                if batcher is None or self.queue_spec.max_length == 0:
                     self._start(ex, c)
                     return
+                batcher.hold()
             # checked only here: a queue implies an accepting container (changed()
             # fails the whole queue when the last one stops accepting)
             elif not self.any_accepting():

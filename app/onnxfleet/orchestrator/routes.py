@@ -57,7 +57,8 @@ class ModelSpec:
 @dataclass(frozen=True)
 class BatchingSpec:
     max_batch_size: int = 32  # rows in one container call at most
-    max_delay_s: float = 0.001  # how long a request that could go at once waits for others
+    # how long a request that could go at once waits for others (0: the event-loop turn)
+    max_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
