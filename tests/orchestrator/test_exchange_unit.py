@@ -87,7 +87,7 @@ def test_a_deadline_answers_the_client_but_the_slot_waits_for_the_container() ->
             ex = await fleet.outcome(deadline=time.monotonic() + 0.05)
             assert ex.error is not None
             assert ex.error.code == "upstream_timeout"
-            assert time.monotonic() - started < 0.2
+            assert time.monotonic() - started < 0.25  # not the 0.3 s the container takes
             c = fleet.container("a")
             assert c.inflight == 1  # the container is still computing
             nxt, future = fleet.send()

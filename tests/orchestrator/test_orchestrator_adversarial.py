@@ -393,3 +393,42 @@ def test_sighup_under_load_loses_nothing_and_keeps_the_slots(sim: SimFleet, tmp_
         assert codes == [200] * 300
         assert status(orch)["pid"] != before
         assert [sim.stats(i)["max_in_flight"] for i in (0, 1)] == [1, 1]
+
+
+def test_ten_times_overload_gets_429s_with_flat_memory(sim: SimFleet, tmp_path: Path) -> None:
+    """Ten times what the fleet serves, for a few seconds: the queue bound answers 429
+    (with Retry-After) at once; the process does not grow with the load."""
+    sim.mode(0, "ok", service_ms=50)
+    table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")], queue={"max_length": 10})
+    with orchestrator(table, "--no-access-log") as orch:
+        pid = status(orch)["pid"]
+
+        async def load(seconds: float) -> list[bytes]:
+            lines: list[bytes] = []
+            end = time.monotonic() + seconds
+
+            async def client() -> None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", orch.port)
+                while time.monotonic() < end:
+                    writer.write(b"POST /run_model HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    await reader.readexactly(length)
+                    lines.append(head.split(b"\r\n")[0])
+                writer.close()
+
+            await asyncio.gather(*(client() for _ in range(200)))  # the fleet serves 20/s
+            return lines
+
+        asyncio.run(load(0.5))  # warm up
+        before = rss_kib(pid)
+        lines = asyncio.run(load(2.0))
+        grown = rss_kib(pid) - before
+        codes = {line.split()[1] for line in lines}
+        assert codes == {b"200", b"429"}
+        assert sum(line.split()[1] == b"429" for line in lines) > 10 * sum(
+            line.split()[1] == b"200" for line in lines
+        )
+        assert grown < 10 * 1024, f"grew {grown} KiB"
+        assert sim.stats(0)["max_in_flight"] == 1
+        assert status(orch)["pid"] == pid

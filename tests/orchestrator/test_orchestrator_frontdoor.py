@@ -125,6 +125,8 @@ def test_model_metadata_and_v2_routes_are_forwarded(sim: SimFleet, tmp_path: Pat
             assert (code, body["method"], body["path"], headers["X-Container"]) == (200, "GET", path, "a/0")
         code, _, body = call(orch.url + "/v2/models/digits/versions/2/infer", "POST", {})
         assert (code, body["path"]) == (200, "/v2/models/digits/versions/2/infer")
+        code, headers, body = call(orch.url + "/v2/models/digits", "HEAD", timeout=3)
+        assert (code, body, headers["X-Container"]) == (200, "", "a/0")
         assert sim.stats(0)["max_in_flight"] == 1
 
 

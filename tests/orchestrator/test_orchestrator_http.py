@@ -26,6 +26,7 @@ from tests.orchestrator.orch_support import (
     tokens_file,
     wait_for,
 )
+from tests.support import free_port
 
 
 def test_methods_head_and_allow(sim: SimFleet, tmp_path: Path) -> None:
@@ -250,3 +251,26 @@ def test_router_patterns() -> None:
     with pytest.raises(HTTPError) as err:
         router.route(_request("/jobs/abc", "POST"))
     assert (err.value.status, err.value.headers) == (405, [(b"Allow", b"GET, HEAD")])
+
+
+def test_a_pipelined_request_may_wait_longer_than_the_idle_timeout(sim: SimFleet, tmp_path: Path) -> None:
+    sim.mode(0, "ok", service_ms=700)
+    table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
+    with in_process(table, "--keep-alive", "0.5") as orch:
+        sock = socket.create_connection(("127.0.0.1", orch.port), timeout=5)
+        one = b"POST /run_model HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
+        sock.sendall(one + one)
+        assert [read_answer(sock)[0] for _ in range(2)] == [200, 200]
+        sock.close()
+
+
+def test_the_process_binds_the_admin_listener_apart(sim: SimFleet, tmp_path: Path) -> None:
+    table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
+    admin = f"http://127.0.0.1:{free_port()}"
+    token = {"Authorization": "Bearer adm"}
+    with orchestrator(table, "--admin-bind", admin[7:], env={"ONNXFLEET_ADMIN_TOKEN": "adm"}) as orch:
+        assert call(orch.url + "/admin/reload", "POST", headers=token)[0] == 404
+        assert call(admin + "/admin/reload", "POST", headers=token)[0] == 200
+        assert call(admin + "/status")[0] == 200
+        assert call(admin + "/run_model", "POST", {})[0] == 404
+        assert call(orch.url + "/run_model", "POST", {})[0] == 200

@@ -416,6 +416,7 @@ class HTTPConnection(asyncio.Protocol):
             self.reply(msg, error_reply(PayloadTooLarge(self.limits.max_body_bytes)))
         else:
             self.state = _WAIT
+            self._set_deadline(None)
             self._handle(msg)
 
     def _refuse(self, exc: HTTPError) -> None:
