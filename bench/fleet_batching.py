@@ -26,7 +26,6 @@ import os
 import resource
 import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.orchestrator_vs_haproxy import WRK_SCRIPT, cpu_seconds, worker_pid
+from bench.orchestrator_vs_haproxy import WRK_SCRIPT, cpu_seconds, worker_pid, wrk
 from onnxfleet.worker.model import Model
 from tests.support import ROOT, Service, free_port
 
@@ -59,19 +58,10 @@ def wrk_script(body: bytes, token: str | None) -> str:
 def run_wrk(url: str, script: Path, clients: int, duration: float) -> dict[str, Any]:
     """One wrk run; its own CPU time per request too (is the load generator keeping up?)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{clients}", f"-d{duration:g}s", "--timeout", "10s", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    result = wrk(url, script, clients, duration)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
-    result: dict[str, Any] = json.loads(line[len("RESULT ") :])
-    requests = max(1, result["requests"])
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     spent = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    result["wrk_cpu_us"] = spent / requests * 1e6
+    result["wrk_cpu_us"] = spent / max(1, result["requests"]) * 1e6
     return result
 
 
