@@ -316,11 +316,12 @@ class Harness:
         self.dispatcher.submit(ex)
         return ex
 
-    def answer(self, index: int, refuse: bool = False) -> None:
+    def answer(self, index: int, refuse: int = 0) -> None:
+        """Answer a call: the echo model's answer, or ``refuse`` (a status) for a merged one."""
         ex, c = self.running.pop(index)
         self.dispatcher.release(c)
         if refuse and isinstance(ex, Batch):
-            ex.finish(Response(422, [], b'{"error": "too many rows", "code": "refused"}', True), None)
+            ex.finish(Response(refuse, [], b'{"error": "not in one call", "code": "refused"}', True), None)
         else:
             ex.finish(echo_answer(self.sent[id(ex)]), None)
 
@@ -354,7 +355,8 @@ def test_batches_keep_fifo_slots_and_give_each_client_its_rows(
 ) -> None:
     """Any sequence: no address over its slots, no batch over max_batch_size rows, calls
     start in queue order (a batch's members in order), and every client's answer holds
-    exactly its rows. A refused merged call sends its members again alone, first."""
+    exactly its rows. A merged call refused or failed (4xx, 5xx) sends its members again
+    alone, first."""
 
     async def main() -> None:
         h = Harness(max_delay_ms=delay)
@@ -374,7 +376,7 @@ def test_batches_keep_fifo_slots_and_give_each_client_its_rows(
                     queued_order.append(ex)
             elif action in ("answer", "refuse") and h.running:
                 call, _ = h.running[k % len(h.running)]
-                h.answer(k % len(h.running), refuse=action == "refuse")
+                h.answer(k % len(h.running), refuse=(422, 500, 503)[k % 3] if action == "refuse" else 0)
                 if action == "refuse" and isinstance(call, Batch):  # again, alone, first
                     again = [m for m in call.members if not m.done]
                     running = [ex for ex, _ in h.running]

@@ -178,6 +178,30 @@ def test_a_merged_call_the_container_refuses_is_sent_again_one_by_one(echo: SimF
         assert status["batching"]["resent_singly"] == 4
 
 
+def test_a_merged_call_the_container_fails_is_sent_again_one_by_one(echo: SimFleet, tmp_path: Path) -> None:
+    """A 5xx to a merged call may be the merge's doing (memory, a poison row): each request
+    gets what the container answers to it alone."""
+    with in_process(table(tmp_path / "routes.json", echo)) as orch:
+        first = occupy(orch, echo)
+        echo.mode(0, "fail", 1500)  # the occupying request already runs in "ok"
+        requests = [client_request("run_model", rows_for(i), f"f{i}") for i in range(3)]
+        with ThreadPoolExecutor(3) as pool:
+            futures = []
+            for request in requests:
+                futures.append(pool.submit(post, orch.url, *request))
+                queued(orch, len(futures))
+            echo.mode(0, "fail", 10)
+            read_answer(first)
+            results = [f.result() for f in futures]
+        assert [r.status for r in results] == [500] * 3
+        # the merged call (its ids listed), then each request alone, in order
+        assert echo.stats(0)["order"] == ["", "f0", "f1", "f2", "f0", "f1", "f2"]
+        for request, answer in zip(requests, results, strict=True):
+            assert answer.comparable() == post(echo.url(0), *request).comparable()
+        status = orch.call_soon(orch.orchestrator.observe.status)
+        assert status["batching"]["resent_singly"] == 3
+
+
 def test_a_member_whose_deadline_passes_during_its_batch_gets_504_the_others_their_rows(
     echo: SimFleet, tmp_path: Path
 ) -> None:

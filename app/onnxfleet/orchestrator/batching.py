@@ -7,16 +7,18 @@ dimensions, within ``max_batch_size`` rows and the body limit) become one ``Batc
 exchange, one slot, one container call. Order is strictly FIFO: gathering stops at the
 first request that cannot join, which is then the next head.
 
-A request that could start at once waits up to ``max_delay_ms`` for others to join it
-(Triton's ``max_queue_delay``), unless enough are already there for a full batch.
+A request that could start at once waits for others to join it: until the end of the
+event-loop turn (those that arrived with it), or ``max_delay_ms`` (Triton's
+``max_queue_delay``), unless enough are already there for a full batch.
 
-A batch ends for each member on its own: its rows of a 200, the container's answer
-(5xx), the batch's error (no answer, timeout), or, when the container refused the merged
-call (4xx) or its answer does not split, the member is sent again, alone, at the head of
-the queue. A member whose deadline passes while its batch runs is answered 504 and its
-rows are dropped; one whose client leaves is dropped the same way. A batch that reached
-no container (connect failure, a container failing its checks before answering) puts its
-members back at the head of the queue, in order, with the batch's re-send count.
+A batch ends for each member on its own: its rows of a 200; the batch's error (no
+answer, timeout); or, for any other answer (the container refused or failed the merged
+call) and one that does not split, the member is sent again, alone, at the head of the
+queue: what a container answers to it alone is its answer. A member whose deadline
+passes while its batch runs is answered 504 and its rows are dropped; one whose client
+leaves is dropped the same way. A batch that reached no container (connect failure, a
+container failing its checks before answering) puts its members back at the head of the
+queue, in order, with the batch's re-send count.
 """
 
 from __future__ import annotations
@@ -220,22 +222,21 @@ class Batcher:
             for m in members:
                 m.finish(None, ex.error)
             return
-        if response.status >= 500:  # the container failed, not the merge: as it answered
-            for m in members:
-                m.finish(response, None)
-            return
         answers = None
         if response.status == 200 and self.model is not None:
             answers = split(response, ex.parts, [not m.done for m in members], self.model.signature)
-        if answers is None:  # refused (4xx) or not splittable: each member alone, in order
-            self.resent_singly += len(members)
+        if answers is None:
+            # refused, failed (a 503 for memory, a 500 for a poison row...) or not splittable:
+            # each request again alone, in order, for its own answer from a container
+            again = [m for m in members if not m.done]
+            self.resent_singly += len(again)
             log.warning(
-                "a merged call was refused or did not split; its requests go again one by one",
+                "a merged call got no answer that splits; its requests go again one by one",
                 extra={"container": ex.container.name if ex.container else None, "status": response.status},
             )
             for part in ex.parts:
                 part.alone()
-            self.dispatcher.requeue(members)
+            self.dispatcher.requeue(again)
             return
         for m, answer in zip(members, answers, strict=True):
             if answer is not None:
