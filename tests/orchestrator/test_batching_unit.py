@@ -4,8 +4,10 @@ dispatcher with its batcher under random events (FIFO, slots, rows, each client 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
+import time
 from typing import Any
 
 import numpy as np
@@ -167,17 +169,22 @@ def test_binary_requests_are_read_with_their_header_length() -> None:
     assert read_part(INFER, body, None).mergeable is False  # without it, the body is no JSON: 400
 
 
+class EchoPort:
+    """What the echo model reads of a sim-backend port."""
+
+    name, version, max_rows = "sim-1", "7", None
+
+
+ECHO_WORKER = EchoModel()
+
+
 def echo_answer(data: bytes) -> Response:
     """What a worker serving the echo model answers to the HTTP request ``data``."""
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     path = lines[0].split()[1]
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-
-    class Port:
-        name, version, max_rows = "sim-1", "7", None
-
-    status, answer, extra = EchoModel().answer(Port(), path, headers, body)  # type: ignore[arg-type]
+    status, answer, extra = ECHO_WORKER.answer(EchoPort(), path, headers, body)  # type: ignore[arg-type]
     pairs = [tuple(line.split(b": ", 1)) for line in extra.split(b"\r\n") if line]
     if headers.get("x-request-id"):
         pairs.append((b"X-Request-Id", headers["x-request-id"].encode()))
@@ -479,5 +486,41 @@ def test_an_explicit_version_merges_only_on_a_container_known_to_serve_it() -> N
         assert h.batcher._mergeable(ex, c)
         c.model_version = "8"
         assert not h.batcher._mergeable(ex, c)
+
+    asyncio.run(main())
+
+
+def test_a_batch_and_its_members_leave_no_reference_cycle() -> None:
+    """Freed by reference counting, as the unbatched path is (docs/orchestrator.md): each
+    client holds its exchange, whose callback holds the client (as app.infer does)."""
+
+    class Client:
+        ex: Exchange | None = None
+
+    async def main() -> None:
+        h = Harness(max_batch_size=8)
+        gc.collect()
+        gc.disable()
+        try:
+            for n in range(6):
+                client = Client()
+                body = run_model_body([[float(n), 1.0]])
+                client.ex = Exchange(
+                    request_bytes("POST", b"/run_model", [], body),
+                    time.monotonic() + 60,
+                    lambda _ex, c=client: None,
+                )
+                client.ex.part = Part(RUN_MODEL, len(body), h.batcher.model)  # type: ignore[arg-type]
+                h.dispatcher.submit(client.ex)
+                del client
+            h.batcher.flush()
+            assert isinstance(h.calls[0], Batch)
+            while h.running:
+                h.answer(0)
+            h.calls.clear()
+            h.sent.clear()
+            assert gc.collect() == 0, "a batch or a member is only freed by the cyclic GC"
+        finally:
+            gc.enable()
 
     asyncio.run(main())
