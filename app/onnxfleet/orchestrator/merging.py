@@ -146,20 +146,40 @@ def request_bytes(model: str, signature: Signature, parts: Sequence[Part]) -> by
     return b"".join([*head, body])
 
 
-def _answer_headers(merged: Headers, content: dict[str, str], request_id: bytes | None) -> Headers:
-    """The merged answer's headers (X-Model-Version...) with this member's own content headers
-    in the place the worker writes them, and its X-Request-Id."""
-    own = [(k.encode(), v.encode()) for k, v in content.items()]
-    headers: Headers = []
-    for name, value in merged:
-        lower = name.lower()
-        if lower == b"content-type":
-            headers += own
-        elif lower not in (b"inference-header-content-length", b"x-request-id", b"content-length"):
-            headers.append((name, value))
-    if request_id:
-        headers.append((b"X-Request-Id", request_id))
-    return headers
+# a member's own, not copied from the merged answer
+_OWN_HEADERS = (b"content-type", b"inference-header-content-length", b"x-request-id", b"content-length")
+
+
+class _Answers:
+    """What the members' answers share: the merged answer's identity (model name, version,
+    container) and its headers, around the place where the worker writes the content ones."""
+
+    def __init__(self, merged: Response, identity: tuple[str, str, str]) -> None:
+        self.identity = identity
+        kept: Headers = []
+        at = 0
+        for name, value in merged.headers:
+            lower = name.lower()
+            if lower == b"content-type":
+                at = len(kept)
+            elif lower not in _OWN_HEADERS:
+                kept.append((name, value))
+        self.before, self.after = kept[:at], kept[at:]
+
+    def answer(self, part: Part, outputs: dict[str, Any]) -> Response:
+        """``part``'s answer, written as the worker writes an answer to it alone."""
+        model, version, container = self.identity
+        if part.request is None:
+            body = oip.run_model.encode_response(outputs, model, version, container)
+            content = {"Content-Type": oip.JSON_TYPE}
+        else:
+            body, content = oip.encode_response(
+                part.request, outputs, model, version, {"container": container}
+            )
+        headers = [*self.before, *((k.encode(), v.encode()) for k, v in content.items()), *self.after]
+        if part.request_id:
+            headers.append((b"X-Request-Id", part.request_id))
+        return Response(200, headers, body, True)
 
 
 def split(
@@ -182,7 +202,7 @@ def split(
         or any(array.ndim == 0 or array.shape[0] != total for array in outputs.values())
     ):
         return None
-    identity = (answer.model_name, version, container)
+    shared = _Answers(response, (answer.model_name, version, container))
     answers: list[Response | None] = []
     start = 0
     for part, want in zip(parts, wanted, strict=True):
@@ -191,7 +211,7 @@ def split(
         start = end
         if want and mine is None:
             return None
-        answers.append(_answer(response, identity, part, mine) if mine is not None else None)
+        answers.append(shared.answer(part, mine) if mine is not None else None)
     return answers
 
 
@@ -203,16 +223,3 @@ def _rows(
     if any(name not in outputs for name in names):
         return None
     return {name: outputs[name][start:end] for name in names}
-
-
-def _answer(
-    merged: Response, identity: tuple[str, str, str], part: Part, outputs: dict[str, Any]
-) -> Response:
-    """``identity``: model name, version, container, as the merged answer gives them."""
-    model, version, container = identity
-    if part.request is None:
-        body = oip.run_model.encode_response(outputs, model, version, container)
-        content = {"Content-Type": oip.JSON_TYPE}
-    else:
-        body, content = oip.encode_response(part.request, outputs, model, version, {"container": container})
-    return Response(200, _answer_headers(merged.headers, content, part.request_id), body, True)
