@@ -21,7 +21,7 @@ from onnxfleet.orchestrator.dispatcher import Dispatcher
 from onnxfleet.orchestrator.errors import HTTPError
 from onnxfleet.orchestrator.exchange import Batch, Exchange, Forwarder
 from onnxfleet.orchestrator.forward import request_bytes
-from onnxfleet.orchestrator.merging import INFER, RUN_MODEL, Part, read, split
+from onnxfleet.orchestrator.merging import INFER, RUN_MODEL, Part, merged_request, read, split
 from onnxfleet.orchestrator.roster import Container, Roster
 from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec, RoutesError, parse_table
 from onnxfleet.orchestrator.upstream import Response
@@ -238,9 +238,8 @@ def test_a_split_answer_is_what_each_request_alone_gets(
         read(part, body, ECHO.signature, 32, 1 << 20)
         assert part.mergeable
         parts.append(part)
-    from onnxfleet.orchestrator.merging import request_bytes as merged_bytes
 
-    merged = echo_answer(merged_bytes("echo", ECHO.signature, parts))
+    merged = echo_answer(merged_request("echo", ECHO.signature, parts))
     assert merged.status == 200
     answers = split(merged, parts, [True] * len(parts), ECHO.signature)
     assert answers is not None

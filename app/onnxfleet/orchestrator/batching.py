@@ -38,8 +38,8 @@ from onnxfleet.orchestrator.merging import (
     INFER,
     RUN_MODEL,
     Part,
+    merged_request,
     read,
-    request_bytes,
     split,
 )
 from onnxfleet.orchestrator.metrics import PREFIX, LeanHistogram
@@ -193,7 +193,7 @@ class Batcher:
             self._count(1, head)
             return head
         assert self.model is not None
-        data = request_bytes(self.model.name, self.model.signature, parts)
+        data = merged_request(self.model.name, self.model.signature, parts)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         for ex in members:

@@ -127,7 +127,7 @@ def read(part: Part, body: bytes, signature: Signature, max_rows: int, max_bytes
         part.state = _MERGEABLE
 
 
-def request_bytes(model: str, signature: Signature, parts: Sequence[Part]) -> bytes:
+def merged_request(model: str, signature: Signature, parts: Sequence[Part]) -> bytes:
     """The merged call: every member's inputs concatenated in order, binary in and out.
 
     ``X-Request-Id`` lists the members' own ids (the worker logs it: which requests ran
