@@ -18,12 +18,13 @@ from hypothesis import strategies as st
 from onnxfleet import oip
 from onnxfleet.orchestrator.batching import Batcher
 from onnxfleet.orchestrator.dispatcher import Dispatcher
-from onnxfleet.orchestrator.errors import HTTPError
+from onnxfleet.orchestrator.errors import GatewayTimeout, HTTPError
 from onnxfleet.orchestrator.exchange import Batch, Exchange, Forwarder
 from onnxfleet.orchestrator.forward import request_bytes
 from onnxfleet.orchestrator.merging import INFER, RUN_MODEL, Part, merged_request, read, split
 from onnxfleet.orchestrator.roster import Container, Roster
 from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec, RoutesError, parse_table
+from onnxfleet.orchestrator.server import Request
 from onnxfleet.orchestrator.upstream import Response
 from onnxfleet.simbackend import ECHO_MODEL, EchoModel
 from tests.orchestrator.batch_support import FORMATS, client_request
@@ -370,6 +371,7 @@ def test_batches_keep_fifo_slots_and_give_each_client_its_rows(
         submitted: list[Exchange] = []
         queued_order: list[Exchange] = []
         left: set[int] = set()
+        resent = 0
         burst = [("good", 1)] * 12 + [("answer", 0)] * 4
         for n, (action, k) in enumerate(burst + steps):
             if action in ("good", "bad", "plain"):
@@ -385,6 +387,7 @@ def test_batches_keep_fifo_slots_and_give_each_client_its_rows(
                 h.answer(k % len(h.running), refuse=(422, 500, 503)[k % 3] if action == "refuse" else 0)
                 if action == "refuse" and isinstance(call, Batch):  # again, alone, first
                     again = [m for m in call.members if not m.done]
+                    resent += len(again)
                     running = [ex for ex, _ in h.running]
                     waiting = [m for m in again if m not in running]
                     assert [d.position(m) for m in waiting] == list(range(len(waiting)))
@@ -413,6 +416,10 @@ def test_batches_keep_fifo_slots_and_give_each_client_its_rows(
             else:
                 assert answer.status == 200
                 assert json.loads(answer.body)["outputs"]["y"] == h.values[n]
+        # a batch answered 200 is split, never sent again: only refused ones go again
+        assert h.batcher.resent_singly == resent
+        sends = [m for call in h.calls for m in (call.members if isinstance(call, Batch) else [call])]
+        assert sum(sends.count(ex) - 1 for ex in submitted if ex in sends) <= resent
         # nothing lost
         for ex in submitted:
             assert (
@@ -430,6 +437,8 @@ def test_a_delay_waits_for_company_until_a_batch_is_full() -> None:
         first = h.submit(0, 1)
         assert first.key is not None, "held: it could go at once, it waits for others"
         assert h.calls == []
+        await asyncio.sleep(0.02)
+        assert h.calls == [], "it waits the delay, not just the event-loop turn"
         h.submit(1, 1)
         assert h.calls == []
         h.submit(2, 1)  # three queued: a full batch, no need to wait
@@ -463,6 +472,9 @@ def test_metrics_text_has_the_batch_size_histogram() -> None:
         sizes = families["onnxfleet_orchestrator_batch_size"]
         counts = {s.labels.get("le"): s.value for s in sizes.samples if s.name.endswith("_bucket")}
         assert (counts["1.0"], counts["4.0"], counts["8.0"]) == (1, 1, 2)
+        values = {s.name: s.value for m in families.values() for s in m.samples}
+        assert values["onnxfleet_orchestrator_batch_rows_total"] == 6
+        assert values["onnxfleet_orchestrator_batch_resent_singly_total"] == 0
         assert re.match(
             r"onnxfleet_orchestrator_batch_rows", families["onnxfleet_orchestrator_batch_rows"].name
         )
@@ -521,5 +533,73 @@ def test_a_batch_and_its_members_leave_no_reference_cycle() -> None:
             assert gc.collect() == 0, "a batch or a member is only freed by the cyclic GC"
         finally:
             gc.enable()
+
+    asyncio.run(main())
+
+
+def test_a_batch_without_an_answer_gives_each_member_its_error() -> None:
+    async def main() -> None:
+        h = Harness(max_batch_size=8)
+        members = [h.submit(n, 1) for n in range(3)]
+        h.batcher.flush()
+        (call, c) = h.running.pop()
+        assert isinstance(call, Batch)
+        members[1].abandon()  # its client left meanwhile
+        h.dispatcher.release(c)
+        call.finish(None, GatewayTimeout("c gave no answer within 60s"))
+        assert [type(h.answers.get(n)) for n in range(3)] == [GatewayTimeout, type(None), GatewayTimeout]
+        assert h.batcher.resent_singly == 0
+        assert not h.dispatcher.queue
+
+    asyncio.run(main())
+
+
+class FakeConnection:
+    remote = "127.0.0.1"
+
+
+def server_request(method: str, path: str, headers: list[tuple[bytes, bytes]], **params: str) -> Request:
+    request = Request(FakeConnection())  # type: ignore[arg-type]
+    request.method, request.path, request.headers, request.body = (
+        method,
+        path,
+        headers,
+        b'{"inputs": [[1.0]]}',
+    )
+    request.params = params
+    return request
+
+
+def test_which_requests_batching_may_merge_and_what_it_keeps_of_them() -> None:
+    async def main() -> None:
+        h = Harness()
+        part = h.batcher.part
+        ids = [(b"x-request-id", b"a"), (b"x-request-id", b"b")]
+        run_model = part(server_request("POST", "/run_model", [(b"content-type", b"text/plain"), *ids]))
+        assert run_model is not None
+        assert (run_model.kind, run_model.header, run_model.request_id, run_model.body_size) == (
+            RUN_MODEL,
+            b"text/plain",
+            b"a,b",  # as WSGI joins repeated headers for the worker
+            len(b'{"inputs": [[1.0]]}'),
+        )
+        job = part(server_request("POST", "/jobs", []), job=True)
+        assert job is not None
+        assert (job.kind, job.header, job.request_id) == (RUN_MODEL, None, None)
+        length = [(b"inference-header-content-length", b"12")]
+        infer = part(
+            server_request("POST", "/v2/models/echo/versions/7/infer", length, name="echo", version="7")
+        )
+        assert infer is not None
+        assert (infer.kind, infer.header, infer.version) == (INFER, b"12", "7")
+        assert part(server_request("POST", "/v2/models/other/infer", [], name="other")) is None
+        assert part(server_request("GET", "/v2/models/echo", [], name="echo")) is None
+        assert part(server_request("POST", "/v2/models/echo/infer", length * 2, name="echo")) is None
+        assert (
+            part(server_request("POST", "/run_model", [(b"content-type", b"a"), (b"content-type", b"b")]))
+            is None
+        )
+        h.batcher.configure(None, None)
+        assert part(server_request("POST", "/run_model", [])) is None
 
     asyncio.run(main())
