@@ -294,13 +294,15 @@ def tls_connect(port: int, ca_file: Path, source: str = "127.0.0.1", timeout: fl
 
 class FrontDoor:
     """Sim containers, the blue orchestrator and the edge, on loopback ports; ``start_green``
-    and ``switch_to_green`` for the hand-over."""
+    and ``switch_to`` for the hand-over."""
 
     def __init__(
         self,
         pki: Pki,
         sim: SimFleet,
+        *,
         containers: int = 2,
+        queue: dict[str, Any] | None = None,
         edge: dict[str, Any] | None = None,
         orchestrator_args: tuple[str, ...] = (),
     ) -> None:
@@ -309,16 +311,21 @@ class FrontDoor:
         self.work = Path(tempfile.mkdtemp(prefix="onnxfleet-edge-"))
         self.ports = Ports()
         self.edge_overrides = edge or {}
-        self.orchestrator_args = orchestrator_args
         (self.work / "state").mkdir()
         (self.work / "admin-token").write_text(ADMIN_TOKEN + "\n")
         self.tokens_path = tokens_file(self.work / "api-tokens", client=CLIENT_TOKEN)
         self.routes_path = routes(
-            self.work / "routes.json", [(f"c{i}/0", sim.url(i), f"c{i}") for i in range(containers)]
+            self.work / "routes.json", [(f"c{i}/0", sim.url(i), f"c{i}") for i in range(containers)], queue
         )
         self.config = render(self.work / "haproxy.cfg", self.variables())
         self.haproxy = Haproxy(self.config, self.ports.tls)
-        self.blue = orchestrator(self.work, "blue", self.ports, *orchestrator_args)
+        # the one body limit, as the role gives it to edge, orchestrator and workers
+        self.orchestrator_args = (
+            "--max-body-bytes",
+            str(self.variables()["fleet_max_body_bytes"]),
+            *orchestrator_args,
+        )
+        self.blue = orchestrator(self.work, "blue", self.ports, *self.orchestrator_args)
         self.green: Service | None = None
         self._stack = contextlib.ExitStack()
 
@@ -393,6 +400,12 @@ class FrontDoor:
             return _answer(conn.getresponse())
         finally:
             conn.close()
+
+    def access_log(self, service: Service | None = None) -> list[dict[str, Any]]:
+        """The orchestrator's access log lines (one JSON object per request it answered)."""
+        lines = (service or self.blue).log().splitlines()
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        return [r for r in records if r.get("logger") == "onnxfleet.orchestrator.access"]
 
     def status(self) -> dict[str, Any]:
         answer = self.admin("GET", "/status")
