@@ -41,7 +41,7 @@ bench-orchestrator: setup ## the orchestrator against HAProxy on the same sim co
 
 bench: bench-worker bench-orchestrator ## every benchmark (prints figures)
 
-mutation: setup ## mutation testing of the orchestrator core (mutmut, about 10 min; not in make test)
+mutation: setup ## mutation testing of the orchestrator core (mutmut, about 15 min; not in make test)
 	rm -rf .cache/mutation && mkdir -p .cache/mutation
 	for f in app/onnxfleet tests pytest.ini app/pyproject.toml; do ln -s $(CURDIR)/$$f .cache/mutation/; done
 	cd .cache/mutation && mutmut run --max-children 2 >/dev/null; mutmut results --all true | \

@@ -72,6 +72,12 @@ async def answer_ok(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: 
     return True
 
 
+async def never(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
+    """Takes the request and never answers (a host that stopped)."""
+    await asyncio.sleep(30)
+    return False
+
+
 def answer_after(seconds: float) -> Behaviour:
     async def behaviour(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:
         await asyncio.sleep(seconds)

@@ -11,7 +11,7 @@ from onnxfleet.orchestrator.exchange import Exchange
 from onnxfleet.orchestrator.forward import request_bytes, response_headers
 from onnxfleet.orchestrator.routes import ContainerSpec
 from onnxfleet.orchestrator.upstream import Response
-from tests.orchestrator.scripted import OK, Fleet, Scripted, answer_after, answer_ok, run
+from tests.orchestrator.scripted import OK, Fleet, Scripted, answer_after, answer_ok, never, run
 from tests.support import free_port
 
 
@@ -103,10 +103,6 @@ def test_a_deadline_answers_the_client_but_the_slot_waits_for_the_container() ->
 
 
 def test_containers_failing_health_checks_hand_their_waiting_requests_on_but_keep_the_slot() -> None:
-    async def never(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
-        await asyncio.sleep(30)
-        return False
-
     async def main() -> None:
         async with Scripted(never) as a, Scripted(answer_ok) as b:
             fleet = Fleet([a.spec("a"), b.spec("b")])
@@ -421,10 +417,6 @@ def test_a_container_that_closes_without_an_answer_gets_no_second_request() -> N
 
 
 def test_a_request_handed_on_goes_first_or_fails_with_the_reason() -> None:
-    async def never(reader: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
-        await asyncio.sleep(30)
-        return False
-
     async def main() -> None:
         async with Scripted(never) as a, Scripted(answer_after(0.05)) as b:
             fleet = Fleet([a.spec("a"), b.spec("b")])
