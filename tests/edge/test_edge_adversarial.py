@@ -21,7 +21,7 @@ from onnxfleet.load import BackgroundLoad, LoadPlan, Results
 from onnxfleet.load.report import summarize
 from tests.edge.edge_support import CLIENT_TOKEN, FrontDoor, rss_kib, tls_connect
 from tests.edge.pki import Pki
-from tests.orchestrator.orch_support import SimFleet, read_answer, tokens_file, wait_for
+from tests.orchestrator.orch_support import SimFleet, peer_closed, read_answer, tokens_file, wait_for
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
 NO_RATE_LIMIT = {"edge_rate_limit_requests": 0}  # for load from one address (the test's)
@@ -102,7 +102,9 @@ def test_slowloris_does_not_stop_legitimate_clients(pki: Pki, sim: SimFleet) -> 
                 assert front.request(source="127.0.5.200").status == 200
                 assert time.monotonic() - started < 1
             wait_for(
-                lambda: all(map(_closed, stalled + dripping)), timeout=8, what="the attack connections closed"
+                lambda: all(map(peer_closed, stalled + dripping)),
+                timeout=8,
+                what="the attack connections closed",
             )
         finally:
             stop.set()
@@ -110,20 +112,6 @@ def test_slowloris_does_not_stop_legitimate_clients(pki: Pki, sim: SimFleet) -> 
             for sock in stalled + dripping:
                 sock.close()
         assert front.status()["totals"]["answered"] == before + 10
-
-
-def _closed(sock: socket.socket) -> bool:
-    """Whether the peer closed ``sock`` (a 408 may come first)."""
-    sock.setblocking(False)
-    try:
-        data = sock.recv(65536)
-    except (BlockingIOError, ssl.SSLWantReadError):
-        return False
-    except OSError:
-        return True
-    finally:
-        sock.setblocking(True)
-    return data == b"" or data.startswith(b"HTTP/1.1 408")
 
 
 def test_ten_times_overload_gets_429s_with_flat_memory(pki: Pki, sim: SimFleet) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -178,3 +179,17 @@ def raw_request(
         + body
     )
     return sock
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """Whether the peer closed ``sock`` (a 408 may come first); TLS sockets too."""
+    sock.setblocking(False)
+    try:
+        data = sock.recv(65536)
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
+    return data == b"" or data.startswith(b"HTTP/1.1 408")

@@ -20,6 +20,7 @@ from tests.orchestrator.orch_support import (
     SimFleet,
     call,
     orchestrator,
+    peer_closed,
     raw_request,
     read_answer,
     routes,
@@ -324,25 +325,12 @@ def test_slowloris_connections_do_not_stop_legitimate_clients(sim: SimFleet, tmp
                 assert call(orch.url + "/run_model", "POST", {})[0] == 200
                 assert time.monotonic() - started < 1
             # the head timeout ends them, dripping or not
-            wait_for(lambda: all(_closed(sock) for sock in slow), timeout=6, what="slowloris closed")
+            wait_for(lambda: all(peer_closed(sock) for sock in slow), timeout=6, what="slowloris closed")
         finally:
             stop.set()
             dripper.join()
             for sock in slow:
                 sock.close()
-
-
-def _closed(sock: socket.socket) -> bool:
-    sock.setblocking(False)
-    try:
-        data = sock.recv(65536)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    finally:
-        sock.setblocking(True)
-    return data == b"" or data.startswith(b"HTTP/1.1 408")
 
 
 def test_two_processes_on_one_state_dir_hand_over_without_loss(sim: SimFleet, tmp_path: Path) -> None:
