@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 PYTEST ?= pytest
 
-.PHONY: help setup lint test test-python test-ansible demo image bench bench-worker bench-orchestrator lock clean
+.PHONY: help setup lint test test-python test-ansible demo image bench bench-worker bench-mlserver bench-batching bench-orchestrator mutation lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,7 +39,19 @@ bench-worker: setup ## one worker vs onnxruntime in-process (prints figures)
 bench-orchestrator: setup ## the orchestrator against HAProxy on the same sim containers (prints figures)
 	python -m bench.orchestrator_vs_haproxy
 
-bench: bench-worker bench-orchestrator ## every benchmark (prints figures)
+bench-mlserver: setup ## one worker against MLServer (own venv under .cache/bench), OIP v2 JSON (prints figures)
+	python -m bench.worker_vs_mlserver
+
+bench-batching: setup ## 8 workers behind the orchestrator, batching off and on, wrk at 8 and 32 clients (prints figures)
+	python -m bench.fleet_batching
+
+bench: bench-worker bench-mlserver bench-batching bench-orchestrator ## every benchmark (prints figures)
+
+mutation: setup ## mutation testing of the orchestrator core (mutmut, about 15 min; not in make test)
+	rm -rf .cache/mutation && mkdir -p .cache/mutation
+	for f in app/onnxfleet tests pytest.ini app/pyproject.toml; do ln -s $(CURDIR)/$$f .cache/mutation/; done
+	cd .cache/mutation && mutmut run --max-children 2 >/dev/null; mutmut results --all true | \
+	  awk '{n[$$NF]++} END {for (s in n) print n[s], s; printf "score: %.1f %% of %d mutants killed\n", 100 * n["killed"] / NR, NR}'
 
 lock: ## re-pin requirements/controller.txt and app/requirements.lock
 	scripts/lock.sh

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +14,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+from onnxfleet.orchestrator.tokens import digest
 from tests.support import Service, free_port
 
 
@@ -46,7 +48,7 @@ def call(
 class SimFleet:
     """One sim-backend process: ``size`` fake containers and a control port."""
 
-    def __init__(self, size: int, service_ms: float) -> None:
+    def __init__(self, size: int, service_ms: float, echo: bool = False) -> None:
         self.ports = [free_port() for _ in range(size)]
         self.control = free_port()
         self.service_ms = service_ms
@@ -59,6 +61,7 @@ class SimFleet:
                 f"127.0.0.1:{self.control}",
                 "--service-ms",
                 str(service_ms),
+                *(["--echo-model"] if echo else []),
             ],
             self.control,
             ready_path="/stats",
@@ -75,16 +78,27 @@ class SimFleet:
     def stats(self, index: int) -> dict[str, Any]:
         return self._control("/stats", None)[str(self.ports[index])]
 
-    def mode(self, index: int, mode: str, service_ms: float | None = None) -> None:
+    def mode(
+        self, index: int, mode: str, service_ms: float | None = None, max_rows: int | None = None
+    ) -> None:
         body: dict[str, Any] = {"port": self.ports[index], "mode": mode}
         if service_ms is not None:
             body["service_ms"] = service_ms
+        if max_rows is not None:
+            body["max_rows"] = max_rows
         self._control("/admin/mode", body)
 
     def reset(self) -> None:
         for index in range(len(self.ports)):
             self.mode(index, "ok", self.service_ms)
         self._control("/admin/reset", {"all": True})
+
+
+def tokens_file(path: Path, **tokens: str) -> Path:
+    """An --api-tokens-file: one '<name> sha256:<hex>' line per token (raw tokens given here)."""
+    lines = ["# client tokens", *(f"{name} {digest(token)}" for name, token in tokens.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def routes(
@@ -136,6 +150,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read one HTTP answer (Content-Length framed) from ``sock``: status, headers (names
+    lowercased), body. Bytes after it stay in the socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(1)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head = data[:-4].decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
+    body = b""
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = sock.recv(int(headers["content-length"]) - len(body))
+        assert chunk, "connection closed in the body"
+        body += chunk
+    return int(head[0].split()[1]), headers, body
+
+
 def raw_request(
     port: int, path: str = "/run_model", request_id: str = "", body: bytes = b"{}"
 ) -> socket.socket:
@@ -147,3 +179,17 @@ def raw_request(
         + body
     )
     return sock
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """Whether the peer closed ``sock`` (a 408 may come first); TLS sockets too."""
+    sock.setblocking(False)
+    try:
+        data = sock.recv(65536)
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
+    return data == b"" or data.startswith(b"HTTP/1.1 408")
