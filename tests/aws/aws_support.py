@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ VENV_BIN = ROOT / ".venv" / "bin"
 AMIS = Path(__file__).resolve().parent / "amis.json"
 REGION = "us-east-1"
 FLEET = "awstest"
+# provision.yml and teardown.yml against the AWS inventory
+AWS_PLAYBOOK_ARGS = ("-i", "inventory/aws_ec2.yml", "-e", "fleet_provider=aws")
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
@@ -37,6 +40,20 @@ class Run:
     def check(self) -> Run:
         assert self.rc == 0, f"rc={self.rc}:\n{self.output[-5000:]}"
         return self
+
+
+def run_ansible(env: dict[str, str], *args: str, timeout: float = 400) -> Run:
+    """Run an ansible command line (`ansible-playbook ...`) from the repo root."""
+    proc = subprocess.run(
+        [str(VENV_BIN / args[0]), *args[1:]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
 def tags_of(resource: dict[str, Any]) -> dict[str, str]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.aws.aws_support import AMIS, FLEET, REGION, VENV_BIN, Run
+from tests.aws.aws_support import AMIS, FLEET, REGION, VENV_BIN, Run, run_ansible
 from tests.support import ROOT, free_port
 
 
@@ -91,15 +90,6 @@ def ansible(aws_env: dict[str, str]) -> Callable[..., Run]:
     """Run an ansible command line (`ansible-playbook ...`) from the repo root, against moto."""
 
     def run(*args: str, timeout: float = 400) -> Run:
-        proc = subprocess.run(
-            [str(VENV_BIN / args[0]), *args[1:]],
-            cwd=ROOT,
-            env=aws_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        return Run(proc.returncode, proc.stdout, proc.stderr)
+        return run_ansible(aws_env, *args, timeout=timeout)
 
     return run

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.aws.aws_support import FLEET, ROOT, Run, fleet_filter, live_instances, tags_of
+from tests.aws.aws_support import AWS_PLAYBOOK_ARGS, FLEET, ROOT, Run, fleet_filter, live_instances, tags_of
 from tests.support import unwrap
 
 pytestmark = pytest.mark.slow
@@ -157,10 +157,7 @@ def provision(
         return ansible(
             "ansible-playbook",
             "playbooks/provision.yml",
-            "-i",
-            "inventory/aws_ec2.yml",
-            "-e",
-            "fleet_provider=aws",
+            *AWS_PLAYBOOK_ARGS,
             "-e",
             f"@{settings}",
             *extra,

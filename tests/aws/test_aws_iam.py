@@ -18,7 +18,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.aws.aws_support import AMIS, VENV_BIN, Run, fleet_filter, live_instances
+from tests.aws.aws_support import AMIS, AWS_PLAYBOOK_ARGS, VENV_BIN, Run, fleet_filter, live_instances
+from tests.aws.aws_support import run_ansible as run
 from tests.support import ROOT, free_port
 
 pytestmark = pytest.mark.slow
@@ -78,25 +79,12 @@ def iam_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         server.wait(timeout=30)
 
 
-def run(env: dict[str, str], *args: str) -> Run:
-    proc = subprocess.run(
-        [str(VENV_BIN / args[0]), *args[1:]],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    return Run(proc.returncode, proc.stdout, proc.stderr)
-
-
 def test_the_policy_covers_the_fleets_whole_life(iam_env: dict[str, str], tmp_path: Path) -> None:
     settings = tmp_path / "settings.json"
     settings.write_text(
         json.dumps({"fleet_admin_cidrs": ["203.0.113.7/32"], "aws_fleet_wait_for_ssh": False})
     )
-    aws = ["-i", "inventory/aws_ec2.yml", "-e", "fleet_provider=aws", "-e", f"@{settings}"]
+    aws = [*AWS_PLAYBOOK_ARGS, "-e", f"@{settings}"]
 
     def provision(*extra: str) -> Run:
         return run(iam_env, "ansible-playbook", "playbooks/provision.yml", *aws, *extra)

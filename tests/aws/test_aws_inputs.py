@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.aws.aws_support import Run, fleet_filter, live_instances
+from tests.aws.aws_support import AWS_PLAYBOOK_ARGS, Run, fleet_filter, live_instances
 
 FLEET = "inputs"
 
@@ -21,10 +21,7 @@ def provision(ansible: Callable[..., Run], settings: dict[str, Any], tmp_path: P
     return ansible(
         "ansible-playbook",
         "playbooks/provision.yml",
-        "-i",
-        "inventory/aws_ec2.yml",
-        "-e",
-        "fleet_provider=aws",
+        *AWS_PLAYBOOK_ARGS,
         "-e",
         f"@{path}",
         *extra,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.aws.aws_support import VENV_BIN, Run, fleet_filter, live_instances, tags_of
+from tests.aws.aws_support import AWS_PLAYBOOK_ARGS, VENV_BIN, Run, fleet_filter, live_instances, tags_of
+from tests.aws.aws_support import run_ansible as run
 from tests.support import ROOT, unwrap
 
 pytestmark = pytest.mark.slow
@@ -27,19 +27,6 @@ ZONED_REGION = "il-central-1"
 NEWEST_DEBIAN_ARM64 = "ami-0a0b0c0d0e0f00008"
 
 
-def run(env: dict[str, str], *args: str, timeout: float = 400) -> Run:
-    proc = subprocess.run(
-        [str(VENV_BIN / args[0]), *args[1:]],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return Run(proc.returncode, proc.stdout, proc.stderr)
-
-
 def provision(env: dict[str, str], settings: dict[str, Any], tmp_path: Path, *extra: str) -> Run:
     path = tmp_path / "settings.json"
     path.write_text(json.dumps({"aws_fleet_wait_for_ssh": False, **settings}))
@@ -47,10 +34,7 @@ def provision(env: dict[str, str], settings: dict[str, Any], tmp_path: Path, *ex
         env,
         "ansible-playbook",
         "playbooks/provision.yml",
-        "-i",
-        "inventory/aws_ec2.yml",
-        "-e",
-        "fleet_provider=aws",
+        *AWS_PLAYBOOK_ARGS,
         "-e",
         f"@{path}",
         *extra,
@@ -58,15 +42,7 @@ def provision(env: dict[str, str], settings: dict[str, Any], tmp_path: Path, *ex
 
 
 def teardown(env: dict[str, str]) -> Run:
-    return run(
-        env,
-        "ansible-playbook",
-        "playbooks/teardown.yml",
-        "-i",
-        "inventory/aws_ec2.yml",
-        "-e",
-        "fleet_provider=aws",
-    )
+    return run(env, "ansible-playbook", "playbooks/teardown.yml", *AWS_PLAYBOOK_ARGS)
 
 
 def client(env: dict[str, str], region: str) -> Any:
