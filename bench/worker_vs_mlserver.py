@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""One onnxfleet worker against MLServer 1.7, same model, same CPU, same client.
+"""One onnxfleet worker, alone and behind the orchestrator's batching, against MLServer 1.7.
 
     .venv/bin/python -m bench.worker_vs_mlserver [--duration 8] [--concurrency 1,32]
+        [--orchestrator-cpu server|client]
 
-Both serve the demo model with onnxruntime on one intra-op thread and answer Open
+All serve the demo model with onnxruntime on one intra-op thread and answer Open
 Inference Protocol v2 JSON. Each server runs on the same core (CPU affinity, inherited
 by all its processes and threads) and the client (``wrk``, one thread) on the others, so
 they get the same CPU share. MLServer runs
@@ -11,9 +12,15 @@ a minimal onnxruntime runtime (``bench/mlserver_runtime.py``) in its main proces
 (``parallel_workers: 0``, its cheapest set-up on one core), with adaptive batching on
 (``--max-batch-size``, ``--max-batch-time-ms``) and, for reference, off. The worker runs as
 the fleet runs it (``--max-concurrency 1``), with ``--max-waiting`` raised to twice the
-largest client count so that it queues instead of answering 429. Each request is the model
-card's example image (batch 1), the same JSON body for both. Prints requests/s, p50, p99,
-errors and the server's CPU time per request (all its processes); asserts nothing.
+largest client count so that it queues instead of answering 429; then the same worker
+process gets a real orchestrator in front of it (routing table: that one container, the
+card's ``model``, ``batching`` with ``--max-batch-size`` and ``--max-delay-ms``; access log
+on, as deployed), on the server's core by default (the two share what MLServer gets
+alone) or on the client's (``--orchestrator-cpu client``: extra CPU, printed). Each
+request is the model card's example image (batch 1), the same JSON body for all. Prints
+requests/s, p50, p99, errors, the server's CPU time per request (all its processes, the
+orchestrator's included, and the orchestrator's alone) and the orchestrator's mean batch,
+then which is ahead at each client count; asserts nothing.
 
 MLServer and its dependencies live in their own venv, ``.cache/bench/mlserver``, created
 on first use from ``bench/mlserver-requirements.txt`` with a Python 3.9-3.12 (MLServer
@@ -23,6 +30,7 @@ on first use from ``bench/mlserver-requirements.txt`` with a Python 3.9-3.12 (ML
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from bench.fleet_batching import get_json
 from bench.orchestrator_vs_haproxy import WRK_SCRIPT, wait_up, wrk
 from bench.worker import cpu_seconds
 from tests.support import ROOT, Service, free_port
@@ -42,6 +51,8 @@ from tests.worker.worker_support import DIGITS, find_python, pinned_venv, starte
 
 HERE = Path(__file__).resolve().parent
 MLSERVER_VENV = ROOT / ".cache" / "bench" / "mlserver"
+WORKER, ORCHESTRATED = "onnxfleet worker", "onnxfleet worker + orchestrator"
+MLSERVER_BATCHING, MLSERVER = "mlserver, adaptive batching", "mlserver, no batching"
 # The wrk script of the orchestrator benchmark, with this benchmark's body.
 BODY_SCRIPT = """
 local file = io.open("{body}", "rb")
@@ -83,12 +94,12 @@ class MLServer:
         model = self.work / "digits"
         model.mkdir(parents=True)
         shutil.copy(HERE / "mlserver_runtime.py", model / "mlserver_runtime.py")
-        settings = {"name": "digits", "implementation": "mlserver_runtime.OnnxRuntime"}
+        settings: dict[str, object] = {"name": "digits", "implementation": "mlserver_runtime.OnnxRuntime"}
         settings["parameters"] = {"uri": str(DIGITS)}
         if batch_size > 1:
             settings |= {"max_batch_size": batch_size, "max_batch_time": batch_time_ms / 1000}
         (model / "model-settings.json").write_text(json.dumps(settings))
-        server = {"host": "127.0.0.1", "http_port": self.port, "grpc_port": free_port()}
+        server: dict[str, object] = {"host": "127.0.0.1", "http_port": self.port, "grpc_port": free_port()}
         server |= {"metrics_port": free_port(), "parallel_workers": 0, "debug": False}
         (self.work / "settings.json").write_text(json.dumps(server))
         self.command = [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(self.work)]
@@ -115,33 +126,67 @@ class MLServer:
         self.log.close()
 
 
-def measure(label: str, pid: int, url: str, script: Path, args: argparse.Namespace) -> list[dict]:
+def measure(
+    label: str, pids: list[int], url: str, script: Path, args: argparse.Namespace, *, orchestrator: str = ""
+) -> list[dict]:
+    """``label`` at each client count: wrk's figures, the CPU time per request of ``pids``
+    (with their descendants; the last one is the orchestrator's when there is one), the
+    mean batch from the ``orchestrator``'s /status."""
     rows = []
     for connections in args.concurrency:
         wrk(url, script, connections, 1.0)  # warm-up: connections, caches, batch sizes
-        before = cpu_seconds(pid)
+        before = [cpu_seconds(pid) for pid in pids]
+        status = get_json(orchestrator + "/status")["batching"] if orchestrator else {}
         result = wrk(url, script, connections, args.duration)
-        result["cpu_us"] = (cpu_seconds(pid) - before) / max(1, result["requests"]) * 1e6
+        spent = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+        requests = max(1, result["requests"])
+        result["cpu_us"] = sum(spent) / requests * 1e6
+        if orchestrator:
+            result["orchestrator_cpu_us"] = spent[-1] / requests * 1e6
+            after = get_json(orchestrator + "/status")["batching"]
+            calls = after["calls"] - status["calls"]
+            result["mean_batch"] = (after["requests"] - status["requests"]) / calls if calls else 1.0
         rows.append({"server": label, "clients": connections, **result})
-        print(
-            f"{label:<40} {connections:>3} {result['rps']:>9.1f} {result['p50_us'] / 1000:>8.2f} "
-            f"{result['p99_us'] / 1000:>8.2f} {result['errors']:>6} {result['cpu_us']:>10.0f}",
-            flush=True,
-        )
+        print(row_line(rows[-1]), flush=True)
     return rows
 
 
-def servers(args: argparse.Namespace, work: Path, script: Path, body: bytes, label: int) -> list[dict]:
-    """The worker, then MLServer with and without adaptive batching, each on the server
-    CPU (its processes inherit this process's affinity at start), wrk on the others."""
+def row_line(row: dict) -> str:
+    batch = f"{row['mean_batch']:.2f}" if "mean_batch" in row else "-"
+    orchestrator = f"{row['orchestrator_cpu_us']:.0f}" if "orchestrator_cpu_us" in row else "-"
+    return (
+        f"{row['server']:<36} {row['clients']:>3} {row['rps']:>8.1f} {row['p50_us'] / 1000:>7.2f} "
+        f"{row['p99_us'] / 1000:>7.2f} {row['errors']:>6} {batch:>6} {row['cpu_us']:>10.0f} {orchestrator:>9}"
+    )
+
+
+def routing_table(card: dict, worker_url: str, args: argparse.Namespace) -> dict:
+    """The orchestrator's table: the one worker, one slot, the card's model, batching on."""
+    container = {"name": "bench", "url": worker_url, "node": "bench", "max_concurrency": 1}
+    return {
+        "containers": [container],
+        "queue": {"max_length": 10000, "timeout_s": 30},
+        "model": {key: card[key] for key in ("name", "batch", "inputs", "outputs")},
+        "batching": {"max_batch_size": args.max_batch_size, "max_delay_ms": args.max_delay_ms},
+    }
+
+
+def servers(args: argparse.Namespace, work: Path, script: Path, body: bytes, card: dict) -> list[dict]:
+    """The worker alone, the worker behind the orchestrator, then MLServer with and
+    without adaptive batching, each on the server CPU (its processes inherit this
+    process's affinity at start), wrk on the others."""
     server_cpus, client_cpus = cores()
+    orchestrator_cpus = server_cpus if args.orchestrator_cpu == "server" else client_cpus
     print(
         f"digits, OIP v2 JSON, batch 1 per request; servers on CPU {sorted(server_cpus)}, wrk -t1 on "
-        f"CPU {sorted(client_cpus)}; onnxruntime 1 intra-op thread each; "
-        f"load average {os.getloadavg()[0]:.1f} before"
+        f"CPU {sorted(client_cpus)}; onnxruntime 1 intra-op thread each; the orchestrator (access log on, "
+        f"batching {args.max_batch_size}/{args.max_delay_ms:g} ms) on CPU {sorted(orchestrator_cpus)}"
+        + (" with the worker" if orchestrator_cpus == server_cpus else " with wrk: extra CPU")
+        + f"; load average {os.getloadavg()[0]:.1f} before"
     )
     print(
-        f"{'server':<40} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'CPU µs/req':>10}"
+        f"{'server':<36} {'c':>3} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'batch':>6} "
+        f"{'CPU µs/req':>10} {'orch µs/r':>9}"
     )
     rows: list[dict] = []
     port = free_port()
@@ -149,27 +194,62 @@ def servers(args: argparse.Namespace, work: Path, script: Path, body: bytes, lab
     # Room for every client, twice: requests of a finished phase may still be in the worker
     # when the next phase's connections send theirs.
     worker_args += ["--max-waiting", str(2 * max(args.concurrency)), "--container-name", "bench"]
-    os.sched_setaffinity(0, server_cpus)
-    with started(Service(worker_args, port)) as worker:
+    infer = f"/v2/models/{card['name']}/infer"
+    with contextlib.ExitStack() as stack:
+        os.sched_setaffinity(0, server_cpus)
+        worker = stack.enter_context(started(Service(worker_args, port)))
         os.sched_setaffinity(0, client_cpus)
         worker.wait_ready()
-        url = worker.url + "/v2/models/digits/infer"
-        check_answer(url, body, label)
+        check_answer(worker.url + infer, body, card["example"]["label"])
         assert worker.proc is not None
-        rows += measure("onnxfleet worker", worker.proc.pid, url, script, args)
+        rows += measure(WORKER, [worker.proc.pid], worker.url + infer, script, args)
+        routes = work / "routes.json"
+        routes.write_text(json.dumps(routing_table(card, worker.url, args)))
+        port = free_port()
+        os.sched_setaffinity(0, orchestrator_cpus)
+        orchestrator = stack.enter_context(
+            started(Service(["orchestrator", "--routes", str(routes), "--bind", f"127.0.0.1:{port}"], port))
+        )
+        os.sched_setaffinity(0, client_cpus)
+        orchestrator.wait_ready()
+        check_answer(orchestrator.url + infer, body, card["example"]["label"])
+        assert orchestrator.proc is not None
+        pids = [worker.proc.pid, orchestrator.proc.pid]
+        rows += measure(
+            ORCHESTRATED, pids, orchestrator.url + infer, script, args, orchestrator=orchestrator.url
+        )
     for batch_size in (args.max_batch_size, 1):
-        name = f"mlserver, adaptive batching {batch_size}/{args.max_batch_time_ms:g} ms"
         os.sched_setaffinity(0, server_cpus)
         with MLServer(work, batch_size, args.max_batch_time_ms) as server:
             os.sched_setaffinity(0, client_cpus)
             wait_up(server.url + "/v2/models/digits/ready", timeout=120)
-            url = server.url + "/v2/models/digits/infer"
-            check_answer(url, body, label)
+            url = server.url + infer
+            check_answer(url, body, card["example"]["label"])
             assert server.proc is not None
             rows += measure(
-                name if batch_size > 1 else "mlserver, no batching", server.proc.pid, url, script, args
+                MLSERVER_BATCHING if batch_size > 1 else MLSERVER, [server.proc.pid], url, script, args
             )
     return rows
+
+
+def verdicts(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    """At each client count: onnxfleet's faster set-up against MLServer with adaptive
+    batching and against MLServer's faster set-up."""
+    lines = []
+    for clients in args.concurrency:
+        rps = {row["server"]: row["rps"] for row in rows if row["clients"] == clients}
+        ours = max((WORKER, ORCHESTRATED), key=rps.__getitem__)
+        theirs = max((MLSERVER_BATCHING, MLSERVER), key=rps.__getitem__)
+        ahead = "onnxfleet" if rps[ours] > max(rps[MLSERVER_BATCHING], rps[MLSERVER]) else "MLServer"
+        lines.append(
+            f"c={clients}: {ahead} ahead; {ours} {rps[ours]:.0f} req/s, "
+            f"x{rps[ours] / rps[MLSERVER_BATCHING]:.2f} MLServer with adaptive batching "
+            f"({rps[MLSERVER_BATCHING]:.0f}), x{rps[ours] / rps[theirs]:.2f} its faster set-up "
+            f"({theirs.removeprefix('mlserver, ')}, {rps[theirs]:.0f}); "
+            f"worker alone x{rps[WORKER] / rps[MLSERVER_BATCHING]:.2f}, "
+            f"with the orchestrator x{rps[ORCHESTRATED] / rps[MLSERVER_BATCHING]:.2f}"
+        )
+    return lines
 
 
 def ceiling(card: dict) -> float:
@@ -188,9 +268,23 @@ def main() -> int:
         "--duration", type=float, default=8.0, help="seconds per phase (default: %(default)s)"
     )
     parser.add_argument("--concurrency", default="1,32", help="client counts (default: %(default)s)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="MLServer's (default: %(default)s)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="MLServer's and the orchestrator's (default: %(default)s)",
+    )
     parser.add_argument(
         "--max-batch-time-ms", type=float, default=2.0, help="MLServer's (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-delay-ms", type=float, default=0.0, help="the orchestrator's (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--orchestrator-cpu",
+        choices=("server", "client"),
+        default="server",
+        help="the orchestrator shares the worker's CPU or wrk's (default: %(default)s)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures there")
     args = parser.parse_args()
@@ -210,7 +304,9 @@ def main() -> int:
         script.write_text(
             BODY_SCRIPT.format(body=work / "body.json") + WRK_SCRIPT[WRK_SCRIPT.index("done =") :]
         )
-        rows = servers(args, work, script, body, card["example"]["label"])
+        rows = servers(args, work, script, body, card)
+    for line in verdicts(rows, args):
+        print(line)
     print(f"onnxruntime in-process (the ceiling, this process): {ceiling(card):,.0f} inferences/s of batch 1")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     if args.json:
