@@ -1,10 +1,12 @@
-"""The Ansible suite: lint and syntax, the routing-table template, the local inventory
-against real Docker-in-Docker nodes, and the molecule scenarios (real fleets).
+"""The Ansible suite: lint and syntax, the routing table, the roles' isolation, the
+collection artifact, the local inventory against real nodes, and the molecule scenarios
+(real fleets).
 
 The molecule scenarios are the slow part, and mostly wait (package installs, image
-loads, readiness): all four run at once, once per session (`molecule_runs`). The whole
-fleet is left deployed (`fleet`): test_ansible_molecule.py checks it, then
-test_ansible_operations.py changes it under load, and it is destroyed at the end."""
+loads, readiness): they run at once, once per session (`molecule_runs`). The whole
+fleet, on which every serving role's promises are verified, is left deployed (`fleet`):
+test_ansible_molecule.py checks it, then test_ansible_operations.py changes it under
+load, and it is destroyed at the end."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from tests.ansible.ansible_support import (
 )
 from tests.support import ROOT
 
-SCENARIOS = ("docker_engine", "model_worker", "orchestrator", "fleet")
+SCENARIOS = ("docker_engine", "fleet")
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +59,30 @@ def molecule_runs() -> dict[str, subprocess.CompletedProcess[str]]:
             out.close()
             err.close()
     return finished
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The collection as `ansible-galaxy collection build` makes it, installed into a
+    temporary collections path: that path (an ANSIBLE_COLLECTIONS_PATH)."""
+    workdir = tmp_path_factory.mktemp("artifact")
+    built = run(["ansible-galaxy", "collection", "build", str(ROOT), "--output-path", str(workdir)])
+    assert built.returncode == 0, explain(built)
+    (tarball,) = workdir.glob("onnxfleet-serving-*.tar.gz")
+    installed = run(
+        [
+            "ansible-galaxy",
+            "collection",
+            "install",
+            "--force",
+            "--no-deps",
+            "-p",
+            str(workdir / "c"),
+            str(tarball),
+        ]
+    )
+    assert installed.returncode == 0, explain(installed)
+    return workdir / "c"
 
 
 @pytest.fixture(scope="session")
