@@ -85,6 +85,9 @@ def card(onnx_bytes: bytes, facts: dict) -> dict:
             {"name": "label", "datatype": "INT64", "shape": [-1]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]},
         ],
+        # Each row of the first dimension is an image of its own: requests may be merged
+        # along it (the orchestrator's batching) and split back.
+        "batch": True,
         "classes": classes,
         "metrics": {
             "test_accuracy": facts["test_accuracy"],

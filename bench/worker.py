@@ -167,7 +167,7 @@ def main() -> int:
             )
         )
     model = Model(args.model, args.intra_op_threads)
-    feeds = {model.input_names[0]: samples}
+    feeds = {model.signature.input_names[0]: samples}
     for c in concurrencies:
         phases.append(in_process(model, feeds, c, args.requests, args.duration))
 

@@ -72,8 +72,8 @@ def test_waiting_line_is_bounded(slow_worker: Service) -> None:
         refused = infer(slow_worker, 1)
         assert refused.status_code == 429
         assert refused.headers["Retry-After"] == "1"
-        assert refused.json()["error"] == "busy"
-        assert "--max-waiting" in refused.json()["detail"]
+        assert refused.json()["code"] == "busy"
+        assert "--max-waiting" in refused.json()["error"]
         assert [f.result().status_code for f in futures] == [200, 200]
     assert infer(slow_worker, 1).status_code == 200
 

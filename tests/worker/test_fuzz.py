@@ -160,7 +160,7 @@ def test_no_5xx_and_always_json(digits_worker: Service) -> None:
             assert "outputs" in answer
         else:
             assert isinstance(answer["error"], str)
-            assert isinstance(answer["detail"], str)
+            assert isinstance(answer["code"], str)
 
     check()
     elapsed = time.monotonic() - started

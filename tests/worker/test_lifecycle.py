@@ -44,7 +44,7 @@ def test_ready_only_after_warm_up(tmp_path: Path) -> None:
         assert state in ("loading", "warming up")
         assert refused is not None
         assert refused.status_code == 503
-        assert refused.json()["error"] == "not ready"
+        assert refused.json()["code"] == "not_ready"
         assert refused.headers["Retry-After"] == "1"
         entries = log_entries(service)
         ready_log = next(e for e in entries if e["msg"] == "model ready")

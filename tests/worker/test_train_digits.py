@@ -34,3 +34,4 @@ def test_card_describes_the_file() -> None:
     assert {"scikit-learn", "skl2onnx", "onnx"} <= set(card["versions"])
     assert [i["name"] for i in card["inputs"]] == ["input"]
     assert [o["name"] for o in card["outputs"]] == ["label", "probabilities"]
+    assert card["batch"] is True

@@ -7,7 +7,6 @@ a model that cannot load or warm up ends the process (exit 3 stops gunicorn).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -19,22 +18,21 @@ import numpy as np
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from onnxfleet import __version__
-from onnxfleet.worker import protocol
-from onnxfleet.worker.errors import ApiError, InputError
+from onnxfleet import __version__, oip
+from onnxfleet.oip import jsonio
+from onnxfleet.oip.errors import CodecError, envelope
+from onnxfleet.worker.body import drainer, read_body
+from onnxfleet.worker.errors import ApiError
 from onnxfleet.worker.gate import InferenceGate
 from onnxfleet.worker.metrics import WorkerMetrics
 from onnxfleet.worker.model import Model, ModelError
+from onnxfleet.worker.server import IDENTITY_HEADERS
 from onnxfleet.worker.settings import WorkerSettings
 
 log = logging.getLogger("onnxfleet.worker")
 access_log = logging.getLogger("onnxfleet.worker.access")
 
 WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts when a worker exits with this code
-# A body over --max-body-bytes is read and discarded up to this many bytes, so that a
-# client still sending it reads the 413 instead of a reset connection; beyond, gunicorn
-# closes the connection.
-DISCARD_LIMIT = 16 << 20
 
 
 def exit_boot_error() -> None:
@@ -58,12 +56,13 @@ class ModelHolder:
         s = self.settings
         try:
             started = time.perf_counter()
-            model = Model(s.model_path, s.intra_op_threads)
+            model = Model(s.model_path, s.intra_op_threads, s.batch)
             loaded = time.perf_counter()
             self.state = "warming up"
             warm_up = model.warm_up()
         except Exception as exc:  # whatever it is, a worker without its model must stop
-            self.state, self.error = "failed", str(exc)
+            # /readyz says that it failed; what onnxruntime said goes to the log only.
+            self.state, self.error = "failed", "the model could not be loaded or warmed up; see the log"
             log.error(
                 "model %s cannot be served: %s",
                 s.model_path,
@@ -82,67 +81,26 @@ class ModelHolder:
                 "load_ms": round((loaded - started) * 1000, 1),
                 "warm_up_ms": round(warm_up * 1000, 1),
                 "intra_op_threads": s.intra_op_threads,
-                "signature": model.signature(),
+                "signature": model.signature.describe(),
             },
         )
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    # allow_nan=False: what we send is strict JSON (tensors.to_json turns NaN into null).
-    text = json.dumps(body, separators=(",", ":"), allow_nan=False)
-    return Response(text, status, headers, mimetype="application/json")
+    return Response(jsonio.dumps(body), status, headers, mimetype="application/json")
 
 
-def read_body(limit: int) -> bytes:
-    """The raw body, at most ``limit`` bytes: 413 beyond, announced by Content-Length or
-    not (chunked). Read from gunicorn's stream directly: werkzeug's max_content_length
-    stream silently truncates a chunked body at the limit instead of refusing it."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise RequestEntityTooLarge()
-    stream = request.environ["wsgi.input"]
-    parts, size = [], 0
-    try:
-        while chunk := stream.read(1 << 16):
-            size += len(chunk)
-            if size > limit:
-                raise RequestEntityTooLarge()
-            parts.append(chunk)
-    except RequestEntityTooLarge:
-        raise
-    except Exception as exc:  # gunicorn's parse errors on a malformed chunk, a disconnect
-        raise ApiError("unreadable body", f"the request body could not be read: {exc!r}") from None
-    return b"".join(parts)
-
-
-def read_json(limit: int) -> Any:
-    """The request body as JSON: 415 unless it says it is JSON, 413 over ``limit``,
-    400 when it does not parse."""
+def check_json_media_type() -> None:
+    """``/run_model``: 415 unless the body says it is JSON or says nothing. (OIP inference
+    ignores Content-Type, as Triton does: ``Inference-Header-Content-Length`` decides.)"""
     mimetype = request.mimetype
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiError(
-            "unsupported media type",
-            "send the body as JSON with Content-Type: application/json "
-            f"(got {request.content_type or 'none'})",
-            status=415,
+            "the body must be JSON (Content-Type: application/json); "
+            f"got Content-Type {request.content_type}",
+            "unsupported_media_type",
+            415,
         )
-    raw = read_body(limit)
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ApiError("invalid JSON", "the body is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
-        raise ApiError("invalid JSON", f"the body is not valid JSON: {exc}") from None
-
-
-def discard_body() -> None:
-    stream = request.environ["wsgi.input"]
-    left = DISCARD_LIMIT
-    try:
-        while left > 0 and (chunk := stream.read(min(left, 1 << 16))):
-            left -= len(chunk)
-    except Exception:  # the client went away or sent a malformed chunk:
-        pass  # gunicorn closes the connection, the 413 still goes out
 
 
 class Views:
@@ -153,6 +111,7 @@ class Views:
         self.holder = holder
         self.gate = gate
         self.metrics = metrics
+        self.identity = {"X-Model-Version": settings.model_version, "X-Container": settings.container}
 
     def register(self, app: Flask) -> None:
         route = app.add_url_rule
@@ -167,9 +126,10 @@ class Views:
             route(prefix, f"v2_model{prefix.count('/')}", self.v2_model)
             route(f"{prefix}/ready", f"v2_model_ready{prefix.count('/')}", self.v2_model_ready)
             route(f"{prefix}/infer", f"v2_infer{prefix.count('/')}", self.v2_infer, methods=["POST"])
+        app.config[IDENTITY_HEADERS] = self.identity
         app.before_request(self.before)
         app.after_request(self.after)
-        app.register_error_handler(ApiError, self.api_error)
+        app.register_error_handler(CodecError, self.api_error)
         app.register_error_handler(HTTPException, self.http_error)
         app.register_error_handler(Exception, self.unexpected_error)
 
@@ -180,8 +140,7 @@ class Views:
         g.batch = None
 
     def after(self, response: Response) -> Response:
-        response.headers["X-Model-Version"] = self.s.model_version
-        response.headers["X-Container"] = self.s.container
+        response.headers.update(self.identity)
         request_id = request.headers.get("X-Request-Id")
         if request_id:
             response.headers["X-Request-Id"] = request_id
@@ -210,32 +169,38 @@ class Views:
         return response
 
     # --- errors ---------------------------------------------------------------------
-    def api_error(self, exc: ApiError) -> Response:
+    def api_error(self, exc: CodecError) -> Response:
         body = exc.body()
-        if isinstance(exc, InputError) and self.holder.model is not None:
-            body.setdefault("expected", self.holder.model.signature())
-        return json_response(body, exc.status, exc.headers)
+        if isinstance(exc, oip.InvalidInput) and self.holder.model is not None:
+            body.setdefault("expected", self.holder.model.signature.describe())
+        return json_response(body, exc.status, getattr(exc, "headers", None))
 
     def http_error(self, exc: HTTPException) -> Response:
         status = exc.code or 500
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         if isinstance(exc, RequestEntityTooLarge):
-            detail = f"the body is larger than {self.s.max_body_bytes} bytes (--max-body-bytes)"
-            discard_body()
-        elif isinstance(exc, NotFound):
-            detail = f"no route {request.path}; see /v2 or docs/worker.md for the endpoints"
+            message = f"the body is larger than {self.s.max_body_bytes} bytes (--max-body-bytes)"
+            response = json_response(envelope(message, "payload_too_large"), 413, headers)
+            response.call_on_close(drainer(request.environ))
+            return response
+        if isinstance(exc, NotFound):
+            message = f"no route {request.path}; see /v2 or docs/worker.md for the endpoints"
+            code = "not_found"
         elif isinstance(exc, MethodNotAllowed):
-            detail = (
+            message = (
                 f"{request.method} is not allowed on {request.path}; use {', '.join(exc.valid_methods or [])}"
             )
+            code = "method_not_allowed"
         else:
-            detail = exc.description or ""
-        error = "payload too large" if status == 413 else (exc.name or "error").lower()
-        return json_response({"error": error, "detail": detail}, status, headers)
+            message = f"{exc.name}: the request could not be handled"
+            code = "bad_request" if status < 500 else "internal_error"
+        return json_response(envelope(message, code), status, headers)
 
     def unexpected_error(self, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return json_response({"error": "internal error", "detail": "see the worker's log"}, 500)
+        return json_response(
+            envelope("the worker failed on this request; see its log", "internal_error"), 500
+        )
 
     # --- health and metrics (never wait for an inference slot) -----------------------
     def live(self) -> Response:
@@ -265,49 +230,68 @@ class Views:
         model = self.holder.model
         if model is None:
             raise ApiError(
-                "not ready", f"the model is {self.holder.state}", status=503, headers={"Retry-After": "1"}
+                f"the model is {self.holder.state}; retry in a second",
+                "not_ready",
+                503,
+                headers={"Retry-After": "1"},
             )
         return model
 
-    def infer(
-        self, parse: Callable[[Any, Model], protocol.Inference]
-    ) -> tuple[protocol.Inference, dict[str, np.ndarray]]:
-        model = self.ready_model()
-        with self.gate.admit():
-            inference = parse(read_json(self.s.max_body_bytes), model)
-            g.batch = inference.batch
-            waiting_since = time.perf_counter()
-            with self.gate.slot():
-                started = time.perf_counter()
-                outputs = model.run(inference.feeds, inference.outputs)
-                seconds = time.perf_counter() - started
+    def run(
+        self, model: Model, feeds: dict[str, np.ndarray], outputs: list[str] | None
+    ) -> dict[str, np.ndarray]:
+        """Run the model within the gate's slots, with its metrics."""
+        first = next(iter(feeds.values()))
+        g.batch = int(first.shape[0]) if first.ndim else 1
+        waiting_since = time.perf_counter()
+        with self.gate.slot():
+            started = time.perf_counter()
+            results = model.run(feeds, outputs)
+            seconds = time.perf_counter() - started
         self.metrics.queue_seconds.observe(started - waiting_since)
         self.metrics.inference_seconds.observe(seconds)
-        self.metrics.batch_size.observe(inference.batch)
+        self.metrics.batch_size.observe(g.batch)
         g.inference_ms = round(seconds * 1000, 3)
-        return inference, outputs
+        return results
+
+    def body(self) -> bytes:
+        return read_body(request.environ, request.content_length, self.s.max_body_bytes, self.s.read_timeout)
 
     def run_model(self) -> Response:
-        _, outputs = self.infer(protocol.run_model_request)
+        check_json_media_type()
+        model = self.ready_model()
+        with self.gate.admit():
+            feeds = oip.run_model.parse_request(self.body(), model.signature)
+            outputs = self.run(model, feeds, None)
         s = self.s
-        return json_response(protocol.run_model_answer(outputs, s.model_name, s.model_version, s.container))
+        body = oip.run_model.encode_response(outputs, s.model_name, s.model_version, s.container)
+        return Response(body, 200, mimetype="application/json")
 
     def check_model(self, name: str, version: str | None) -> None:
         if name != self.s.model_name or (version is not None and version != self.s.model_version):
             asked = name if version is None else f"{name} version {version}"
             raise ApiError(
-                "model not found",
                 f"this worker serves {self.s.model_name!r} version {self.s.model_version!r}, not {asked!r}",
-                status=404,
+                "not_found",
+                404,
             )
 
     def v2_server(self) -> Response:
-        return json_response({"name": "onnxfleet", "version": __version__, "extensions": []})
+        return json_response(
+            {"name": "onnxfleet", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
 
     def v2_model(self, name: str, version: str | None = None) -> Response:
         self.check_model(name, version)
+        signature = self.ready_model().signature
         return json_response(
-            protocol.v2_metadata(self.ready_model(), self.s.model_name, self.s.model_version)
+            {
+                "name": self.s.model_name,
+                "versions": [self.s.model_version],
+                "platform": "onnxruntime_onnx",
+                **signature.describe(),
+                "parameters": {"batch": signature.batch},
+            }
         )
 
     def v2_model_ready(self, name: str, version: str | None = None) -> Response:
@@ -317,11 +301,18 @@ class Views:
 
     def v2_infer(self, name: str, version: str | None = None) -> Response:
         self.check_model(name, version)
-        inference, outputs = self.infer(protocol.v2_request)
+        model = self.ready_model()
+        with self.gate.admit():
+            body = self.body()
+            inference = oip.parse_request(body, request.headers.get(oip.HEADER_LENGTH), model.signature)
+            names = inference.output_names(model.signature)
+            model.signature.check_outputs(names)
+            outputs = self.run(model, inference.inputs, names)
         s = self.s
-        return json_response(
-            protocol.v2_answer(outputs, inference, s.model_name, s.model_version, s.container)
+        answer, headers = oip.encode_response(
+            inference, outputs, s.model_name, s.model_version, {"container": s.container}
         )
+        return Response(answer, 200, headers)
 
 
 def create_app(settings: WorkerSettings, on_load_failure: Callable[[], None] = exit_boot_error) -> Flask:

@@ -77,6 +77,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="larger request bodies get 413 (default: %(default)s)",
     )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a request body that stalls this long gets 408 (default: %(default)s)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxfleet.worker.settings import (
         SettingsError,
         WorkerSettings,
+        card_batch,
         default_container_name,
         model_identity,
     )
@@ -95,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("onnxfleet.worker")
     try:
         name, version, sha256 = model_identity(args.model, args.model_name, args.model_version)
+        batch = card_batch(args.model)
     except SettingsError as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -108,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
         max_waiting=args.max_waiting,
         max_body_bytes=args.max_body_bytes,
+        read_timeout=args.read_timeout,
+        batch=batch,
     )
     threads = settings.max_concurrency + settings.max_waiting + SPARE_THREADS
     log.info("starting worker", extra={"settings": vars(settings), "bind": args.bind, "threads": threads})
@@ -122,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         {
             "bind": args.bind,
             "workers": 1,
-            "worker_class": "gthread",
+            "worker_class": "onnxfleet.worker.server.JsonErrorWorker",
             "threads": threads,
             # Longer than the idle time of clients' keep-alive pools (aiohttp: 15 s), so
             # the worker never closes a connection a client is about to reuse.

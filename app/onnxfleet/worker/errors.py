@@ -1,39 +1,18 @@
-"""The errors the worker answers with: each one knows its status and its JSON body."""
+"""The worker's refusals: each knows its status, its ``code`` and its JSON envelope
+(``{"error": message, "code": code, ...}``, docs/design.md)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from onnxfleet.oip.errors import CodecError
 
-class ApiError(Exception):
-    """An answer other than 200: ``{"error": error, "detail": detail, **extra}``."""
 
-    status = 400
-
+class ApiError(CodecError):
     def __init__(
-        self,
-        error: str,
-        detail: str,
-        status: int | None = None,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
+        self, message: str, code: str, status: int, headers: dict[str, str] | None = None, **extra: Any
     ) -> None:
-        super().__init__(f"{error}: {detail}")
-        self.error = error
-        self.detail = detail
+        super().__init__(message, **extra)
+        self.code = code
+        self.status = status
         self.headers = headers or {}
-        self.extra = extra
-        if status is not None:
-            self.status = status
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.error, "detail": self.detail, **self.extra}
-
-
-class InputError(ApiError):
-    """Well-formed JSON that does not fit the model's signature (422)."""
-
-    status = 422
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__("invalid input", detail, **extra)

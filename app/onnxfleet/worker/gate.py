@@ -28,10 +28,10 @@ class InferenceGate:
         with self._lock:
             if self.admitted >= self.capacity:
                 raise ApiError(
-                    "busy",
                     f"{self.slots} inference(s) running and {self.capacity - self.slots} waiting "
                     "(--max-concurrency, --max-waiting); retry later",
-                    status=429,
+                    "busy",
+                    429,
                     headers={"Retry-After": "1"},
                 )
             self.admitted += 1

@@ -26,6 +26,8 @@ class WorkerSettings:
     max_concurrency: int
     max_waiting: int
     max_body_bytes: int
+    read_timeout: float = 30.0  # seconds a request body may stall
+    batch: bool = False  # the card's "batch": the first dimension is a batch of rows
 
 
 def file_sha256(path: Path) -> str:
@@ -73,6 +75,16 @@ def model_identity(
     name = name or str(card.get("name") or model_path.stem)
     version = version or str(card.get("version") or sha256[:12])
     return name, version, sha256
+
+
+def card_batch(model_path: Path) -> bool:
+    """The card's ``batch`` (false when absent): whether the first dimension of every
+    input and output is a batch of independent rows, so that requests may be merged."""
+    card = read_card(model_path) or {}
+    batch = card.get("batch", False)
+    if type(batch) is not bool:
+        raise SettingsError(f'model card {model_path.with_suffix(".json")}: "batch" must be true or false')
+    return batch
 
 
 def default_container_name() -> str:
