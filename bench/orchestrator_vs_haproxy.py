@@ -10,11 +10,16 @@ the proxy process's CPU time per request, and the ratio to HAProxy. Figures only
 asserted.
 
     .venv/bin/python -m bench.orchestrator_vs_haproxy [--duration 4] [--rounds 2] [--connections 32]
+        [--baseline DIR]
+
+``--baseline DIR`` also measures the orchestrator of another checkout (``DIR/app``, e.g.
+``git archive main | tar -x -C DIR``) in the same rounds, for before/after comparisons.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -96,6 +101,13 @@ def wait_up(url: str, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+def worker_pid(service: Service) -> int:
+    """The gunicorn worker (the arbiter's only child): the process that does the work."""
+    assert service.proc is not None
+    pid = service.proc.pid
+    return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+
+
 def measure(service_ms: float, args: argparse.Namespace, work: Path, script: Path) -> list[dict]:
     """One sim fleet with ``service_ms``; both proxies in front of it; one row per proxy."""
     ports = [free_port() for _ in range(CONTAINERS)]
@@ -111,31 +123,37 @@ def measure(service_ms: float, args: argparse.Namespace, work: Path, script: Pat
         {"name": f"sim/{i}", "url": f"http://127.0.0.1:{p}", "node": "sim"} for i, p in enumerate(ports)
     ]
     routes.write_text(json.dumps({"containers": containers, "queue": {"max_length": 10000, "timeout_s": 30}}))
-    orch_port = free_port()
-    orch_args = ["orchestrator", "--routes", str(routes), "--bind", f"127.0.0.1:{orch_port}"]
-    if not args.access_log:
-        orch_args.append("--no-access-log")
-    orchestrator = Service(orch_args, orch_port)
+
+    def orchestrator_service(env: dict[str, str] | None = None) -> Service:
+        port = free_port()
+        command = ["orchestrator", "--routes", str(routes), "--bind", f"127.0.0.1:{port}"]
+        if not args.access_log:
+            command.append("--no-access-log")
+        return Service(command, port, env=env)
+
+    orchestrator = orchestrator_service()
+    baseline = None
+    if args.baseline is not None:
+        baseline = orchestrator_service({"PYTHONPATH": str(args.baseline.resolve() / "app")})
     hap_port = free_port()
     cfg = work / "haproxy.cfg"
     servers = "\n".join(f"    server s{i} 127.0.0.1:{p} maxconn 1" for i, p in enumerate(ports))
     cfg.write_text(HAPROXY_CFG.format(port=hap_port, servers=servers))
     results: dict[str, dict[str, float]] = {}
-    with sim, orchestrator:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sim)
+        stack.enter_context(orchestrator)
+        if baseline is not None:
+            stack.enter_context(baseline)
         haproxy = subprocess.Popen(["haproxy", "-f", str(cfg)], stdout=subprocess.DEVNULL)
         try:
             wait_up(f"http://127.0.0.1:{hap_port}/readyz")
-            assert orchestrator.proc is not None
-            # the gunicorn worker (the arbiter's only child) does the work
-            worker_pid = int(
-                Path(f"/proc/{orchestrator.proc.pid}/task/{orchestrator.proc.pid}/children")
-                .read_text()
-                .split()[0]
-            )
-            targets = (
+            targets = [
                 ("haproxy", f"http://127.0.0.1:{hap_port}/run_model", haproxy.pid),
-                ("orchestrator", f"{orchestrator.url}/run_model", worker_pid),
-            )
+                ("orchestrator", f"{orchestrator.url}/run_model", worker_pid(orchestrator)),
+            ]
+            if baseline is not None:
+                targets.append(("baseline", f"{baseline.url}/run_model", worker_pid(baseline)))
             for _, url, _ in targets:
                 wrk(url, script, args.connections, 1)  # warm-up: connections, caches
             # alternate the two and keep each one's best round: on a shared machine the
@@ -185,6 +203,7 @@ def main() -> int:
     parser.add_argument("--service-ms", type=float, nargs="+", default=[1.0, 5.0, 20.0])
     parser.add_argument("--access-log", action="store_true", help="keep the orchestrator's JSON request log")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--baseline", type=Path, metavar="DIR", help="also measure DIR/app's orchestrator")
     args = parser.parse_args()
     for tool in ("wrk", "haproxy"):
         if shutil.which(tool) is None:

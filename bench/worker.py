@@ -4,12 +4,14 @@
     .venv/bin/python -m bench.worker [--batch 8] [--concurrency 1,4] [--duration 3]
 
 Starts a real worker (gunicorn + onnxruntime, `onnxfleet worker`) on a loopback port,
-sends the same digits batch to ``POST /run_model`` from ``c`` concurrent aiohttp clients,
-then runs the same batch through the same onnxruntime session settings in this process
-from ``c`` threads. Prints requests/s, p50 and p99 for both and the overhead ratios,
-plus the HTTP floor: the same worker answering ``GET /healthz`` (no JSON, no model).
-Each phase stops after ``--requests`` requests or ``--duration`` seconds, whichever
-comes first. Client and worker share this machine's CPUs: the figures are a floor.
+sends the same digits batch from ``c`` concurrent aiohttp clients to ``POST /run_model``
+and to ``POST /v2/models/digits/infer`` as OIP JSON and as Triton's binary tensors (what
+tritonclient sends by default), then runs the same batch through the same onnxruntime
+session settings in this process from ``c`` threads. Prints requests/s, p50 and p99 for
+each and the overhead ratios, plus the HTTP floor: the same worker answering
+``GET /healthz`` (no JSON, no model). Each phase stops after ``--requests`` requests or
+``--duration`` seconds, whichever comes first. Client and worker share this machine's
+CPUs: the figures are a floor.
 """
 
 from __future__ import annotations
@@ -20,21 +22,27 @@ import json
 import os
 import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
 from sklearn.datasets import load_digits
 
+from bench.orchestrator_vs_haproxy import cpu_seconds as process_cpu_seconds
+from onnxfleet import oip
 from onnxfleet.worker.cpus import default_intra_op_threads
 from onnxfleet.worker.model import Model
+from onnxfleet.worker.settings import model_identity
 from tests.support import Service, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 WARM_UP_REQUESTS = 50
 HTTP, FLOOR, LOCAL = "worker POST /run_model", "worker GET /healthz", "onnxruntime in-process"
+OIP_JSON, OIP_BINARY = "worker OIP JSON", "worker OIP binary"
 
 
 @dataclass
@@ -47,6 +55,32 @@ class Phase:
     per_second: float
     p50_ms: float
     p99_ms: float
+    cpu_us: float | None = None  # the worker's CPU time (all its processes) per request
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its descendants so far."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += process_cpu_seconds(current)
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        pending += [int(child) for child in children]
+    return total
+
+
+def measured(service: Service, phase: Coroutine[Any, Any, Phase]) -> Phase:
+    """Run ``phase`` against ``service``, with the service's CPU time per request (warm-up
+    requests included in both counts)."""
+    assert service.proc is not None
+    before = cpu_seconds(service.proc.pid)
+    result = asyncio.run(phase)
+    spent = cpu_seconds(service.proc.pid) - before
+    result.cpu_us = round(spent / (result.requests + WARM_UP_REQUESTS) * 1e6)
+    return result
 
 
 def summarise(mode: str, concurrency: int, latencies: list[float], errors: int, seconds: float) -> Phase:
@@ -94,11 +128,18 @@ def in_process(model: Model, feeds: dict, concurrency: int, requests: int, durat
 
 
 async def over_http(
-    mode: str, url: str, body: bytes | None, *, concurrency: int, requests: int, duration: float
+    mode: str,
+    url: str,
+    body: bytes | None,
+    *,
+    concurrency: int,
+    requests: int,
+    duration: float,
+    headers: dict[str, str] | None = None,
 ) -> Phase:
     """POST ``body`` to ``url`` (GET when there is no body) from ``concurrency`` clients."""
     method = "POST" if body is not None else "GET"
-    headers = {"Content-Type": "application/json"}
+    headers = headers or {"Content-Type": "application/json"}
     latencies: list[float] = []
     errors = 0
     left = requests
@@ -138,12 +179,28 @@ def main() -> int:
     )
     parser.add_argument("--max-concurrency", type=int, default=1, help="the worker's (default: %(default)s)")
     parser.add_argument("--intra-op-threads", type=int, default=default_intra_op_threads(1))
+    parser.add_argument(
+        "--worker-app",
+        type=Path,
+        metavar="DIR",
+        help="run the worker from another checkout's app/ (e.g. main's), for an A/B comparison",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures there")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
 
     samples = load_digits().data[: args.batch].astype(np.float32)
     body = json.dumps({"inputs": samples.tolist()}).encode()
+    model = Model(args.model, args.intra_op_threads)
+    feeds = {model.signature.input_names[0]: samples}
+    oip_json, _ = oip.encode_request(feeds, binary_data=False)
+    oip_binary, binary_headers = oip.encode_request(feeds, binary_output=True)
+    infer = f"/v2/models/{model_identity(args.model)[0]}/infer"
+    variants = [
+        (HTTP, "/run_model", body, None),
+        (OIP_JSON, infer, oip_json, None),
+        (OIP_BINARY, infer, oip_binary, binary_headers),
+    ]
     threads = str(args.intra_op_threads)
 
     phases: list[Phase] = []
@@ -151,23 +208,24 @@ def main() -> int:
     worker_args = ["worker", "--model", str(args.model), "--bind", f"127.0.0.1:{port}"]
     worker_args += ["--max-concurrency", str(args.max_concurrency), "--intra-op-threads", threads]
     worker_args += ["--container-name", "bench"]  # logging at info, one line per request, as deployed
-    with Service(worker_args, port) as service:
+    env = {"PYTHONPATH": str(args.worker_app.resolve())} if args.worker_app else None
+    with Service(worker_args, port, env=env) as service:
         for c in concurrencies:
-            url = service.url + "/run_model"
-            phases.append(
-                asyncio.run(
-                    over_http(HTTP, url, body, concurrency=c, requests=args.requests, duration=args.duration)
+            for mode, path, data, headers in variants:
+                phase = over_http(
+                    mode,
+                    service.url + path,
+                    data,
+                    concurrency=c,
+                    requests=args.requests,
+                    duration=args.duration,
+                    headers=headers,
                 )
-            )
+                phases.append(measured(service, phase))
         # The floor: the same server answering GET /healthz (no body, no JSON, no model).
         url = service.url + "/healthz"
-        phases.append(
-            asyncio.run(
-                over_http(FLOOR, url, None, concurrency=1, requests=args.requests, duration=args.duration)
-            )
-        )
-    model = Model(args.model, args.intra_op_threads)
-    feeds = {model.signature.input_names[0]: samples}
+        floor = over_http(FLOOR, url, None, concurrency=1, requests=args.requests, duration=args.duration)
+        phases.append(measured(service, floor))
     for c in concurrencies:
         phases.append(in_process(model, feeds, c, args.requests, args.duration))
 
@@ -175,11 +233,14 @@ def main() -> int:
         f"model {args.model.name}, batch {args.batch}, intra-op threads {threads}, "
         f"worker --max-concurrency {args.max_concurrency}, {os.cpu_count()} CPUs shared by client and worker"
     )
-    print(f"{'mode':<24} {'c':>3} {'requests':>9} {'errors':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'mode':<24} {'c':>3} {'requests':>9} {'errors':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'worker CPU µs/req':>17}"
+    )
     for p in phases:
         print(
             f"{p.mode:<24} {p.concurrency:>3} {p.requests:>9} {p.errors:>6} {p.per_second:>9.1f} "
-            f"{p.p50_ms:>8.3f} {p.p99_ms:>8.3f}"
+            f"{p.p50_ms:>8.3f} {p.p99_ms:>8.3f} {'' if p.cpu_us is None else p.cpu_us:>17}"
         )
     for c in concurrencies:
         http = next(p for p in phases if p.concurrency == c and p.mode == HTTP)

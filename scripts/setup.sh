@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make setup: everything the controller needs, idempotent and quick when already done.
 #   1. system packages (docker.io, debootstrap, haproxy, chromium, wrk) where missing
-#   2. a running Docker engine (starts Debian's dockerd where none answers)
+#   2. a running Docker engine (starts Debian's dockerd where none answers), and the
+#      local nodes' package cache (apt-cacher-ng on the Docker bridge)
 #   3. the controller venv .venv/ (Python >= 3.12) with pinned dependencies
 #   4. the collection link so `onnxfleet.serving.*` resolves from this checkout
 #   5. the base image (official python slim, or one built from Debian packages offline)
@@ -27,8 +28,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
         "${need_pkgs[@]}" >"$CACHE/apt.log" 2>&1 || { tail -20 "$CACHE/apt.log"; exit 1; }
 fi
 
-# --- 2. Docker engine ---------------------------------------------------------------
+# --- 2. Docker engine, package cache ------------------------------------------------
 scripts/start-dockerd.sh
+scripts/apt-cache.sh
 
 # --- 3. controller venv -------------------------------------------------------------
 find_python() {

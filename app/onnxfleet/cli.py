@@ -1,7 +1,7 @@
 """`onnxfleet <command>`: the single entry point of every service.
 
 Each command lives in a module exposing ``configure(parser)`` and ``run(args) -> int``.
-Those modules keep heavy imports (onnxruntime, uvicorn, aiohttp) inside ``run`` so that
+Those modules keep heavy imports (onnxruntime, gunicorn, aiohttp) inside ``run`` so that
 ``onnxfleet --help`` and the container health check stay fast.
 """
 
@@ -17,7 +17,7 @@ from onnxfleet import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "healthcheck": ("onnxfleet.healthcheck", "exit 0 when a service answers ready (Docker HEALTHCHECK)"),
     "worker": ("onnxfleet.worker.cli", "serve one ONNX model over HTTP (Flask, gunicorn, onnxruntime)"),
-    "orchestrator": ("onnxfleet.orchestrator.cli", "the fleet's queueing front door (uvicorn, one process)"),
+    "orchestrator": ("onnxfleet.orchestrator.cli", "the fleet's queueing front door (one gunicorn worker)"),
     "sim-backend": ("onnxfleet.simbackend", "fake model containers with a fixed service time (tests, bench)"),
     "load": ("onnxfleet.load.cli", "send requests with K concurrent workers; summarise latency, errors"),
 }

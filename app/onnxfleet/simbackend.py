@@ -1,8 +1,9 @@
 """`onnxfleet sim-backend`: fake model containers with a fixed service time.
 
-One lean asyncio process (raw protocols, minimal HTTP/1.1 keep-alive parsing) serves
+One lean asyncio process (raw protocols, httptools' request parser, keep-alive) serves
 several ports; each port behaves like one model container: ``POST /run_model`` and
-``POST /v2/models/{name}/infer`` answer after ``--service-ms``, ``GET /readyz`` answers at
+``POST /v2/models/{name}/infer`` (and the ``GET /v2...`` metadata routes) answer after
+``--service-ms`` with what they received, ``GET /readyz`` answers at
 once. Tests and benchmarks read what each port saw (``GET /stats``: requests served, the
 highest concurrency observed, the arrival order of ``X-Request-Id``) and switch ports into
 failure modes (``POST /admin/mode``): ``ok``, ``fail`` (500), ``refuse`` (listener closed,
@@ -18,7 +19,10 @@ import argparse
 import asyncio
 import json
 import signal
+from collections import deque
 from typing import Any
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 MODES = ("ok", "fail", "refuse", "drop", "hang", "vanish", "unready")
 _REASONS = {
@@ -72,14 +76,15 @@ class Port:
         self.mode = "ok"
         self.server: asyncio.Server | None = None
         self.connections: set[_Conn] = set()
+        self.inflight = 0
         self.reset()
         self.headers = b"X-Model-Version: %s\r\nX-Container: %s\r\n" % (version.encode(), self.name.encode())
 
     def reset(self) -> None:
+        """Fresh counters; ``in_flight`` is live (computations still running keep counting)."""
         self.received = 0
         self.served = 0
-        self.inflight = 0
-        self.max_inflight = 0
+        self.max_inflight = self.inflight
         self.order: list[str] = []
 
     def stats(self) -> dict[str, Any]:
@@ -119,13 +124,18 @@ class Port:
 
 
 class _Conn(asyncio.Protocol):
-    """One HTTP/1.1 connection: requests are answered in order, one at a time."""
+    """One HTTP/1.1 connection: requests (parsed by httptools) are answered in order, one at a time."""
 
     def __init__(self, port: Port | None, ports: dict[int, Port] | None) -> None:
         self.port = port
         self.ports = ports  # set on the control port
-        self.buf = bytearray()
+        self.parser = HttpRequestParser(self)
+        self.requests: deque[tuple[str, str, dict[str, str], bytes]] = deque()
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
         self.busy = False
+        self.hanging = False  # holds a request that is never answered (hang, vanish)
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
 
@@ -137,9 +147,9 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.port is not None:
             self.port.connections.discard(self)
-            if self.busy:
+            if self.hanging:  # nothing is computed for a request that never ends
                 self.port.inflight -= 1
-                self.busy = False
+                self.hanging = False
         self.transport = None
 
     def abort(self) -> None:
@@ -147,58 +157,62 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
+        try:
+            self.parser.feed_data(data)
+        except (HttpParserError, HttpParserUpgrade):
+            self._send(_response(400, {"error": "malformed request", "code": "bad_request"}))
+            if self.transport is not None:
+                self.transport.close()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.url, self.headers, self.body = b"", {}, []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method().decode("ascii")
+        path = self.url.decode("latin-1").split("?", 1)[0]
+        self.requests.append((method, path, self.headers, b"".join(self.body)))
         self._next()
 
     def _next(self) -> None:
-        while not self.busy and self.transport is not None:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-            parts = head[0].split(" ")
-            headers = {}
-            for line in head[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            length = int(headers.get("content-length", "0") or 0)
-            if len(self.buf) < end + 4 + length:
-                return
-            body = bytes(self.buf[end + 4 : end + 4 + length])
-            del self.buf[: end + 4 + length]
-            if len(parts) < 3:
-                self.transport.write(_response(400, {"error": "bad request line"}))
-                self.transport.close()
-                return
-            self._handle(parts[0], parts[1], headers, body)
+        while not self.busy and self.requests and self.transport is not None:
+            self._handle(*self.requests.popleft())
 
     def _send(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
 
     def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
-        path = path.split("?", 1)[0]
         port = self.port
         if self.ports is not None:  # control port
             self._control(method, path, body)
             return
         assert port is not None
-        if method == "POST" and (
-            path == "/run_model" or (path.startswith("/v2/models/") and path.endswith("/infer"))
-        ):
-            self._infer(port, path, headers, body)
+        infer = path == "/run_model" or (path.startswith("/v2/models/") and path.endswith("/infer"))
+        metadata = path == "/v2" or path.startswith("/v2/models/")
+        if (method == "POST" and infer) or (method == "GET" and metadata):
+            self._infer(port, method, path, headers, body)
         elif path in ("/readyz", "/healthz"):
             if port.mode == "vanish":
-                self.busy = True
+                self.busy = True  # never answers, nothing computed
                 return
             ready = port.mode != "unready" or path == "/healthz"
             self._send(_response(200 if ready else 503, {"status": "ready" if ready else "unready"}))
         elif path in ("/stats", "/admin/mode", "/admin/reset"):
             self._admin(method, path, body, [port])
         else:
-            self._send(_response(404, {"error": "not_found", "detail": path}))
+            self._send(_response(404, {"error": f"no route {path}", "code": "not_found"}))
 
-    def _infer(self, port: Port, path: str, headers: dict[str, str], body: bytes) -> None:
+    def _infer(self, port: Port, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         port.received += 1
         request_id = headers.get("x-request-id", "")
         port.order.append(request_id)
@@ -209,13 +223,16 @@ class _Conn(asyncio.Protocol):
         port.inflight += 1
         port.max_inflight = max(port.max_inflight, port.inflight)
         if port.mode in ("hang", "vanish"):
+            self.hanging = True
             return
         status = 500 if port.mode == "fail" else 200
         payload = {
             "container": port.name,
             "version": port.version,
             "id": request_id,
+            "method": method,
             "path": path,
+            "authorization": "authorization" in headers,
             "content_type": headers.get("content-type"),
             "bytes": len(body),
         }
@@ -223,11 +240,11 @@ class _Conn(asyncio.Protocol):
         self.loop.call_later(port.service_ms / 1000.0, self._finish, port, data)
 
     def _finish(self, port: Port, data: bytes) -> None:
-        if not self.busy:
-            return  # the connection was lost meanwhile
-        self.busy = False
+        # like a gunicorn thread running onnxruntime: the computation ends, and counts as
+        # in flight until then, whether or not its client is still there
         port.inflight -= 1
         port.served += 1
+        self.busy = False
         self._send(data)
         self._next()
 
@@ -245,7 +262,7 @@ class _Conn(asyncio.Protocol):
             else []
         )
         if not ports:
-            self._send(_response(404, {"error": "unknown port", "detail": target}))
+            self._send(_response(404, {"error": f"unknown port {target}", "code": "not_found"}))
             return
         self._admin(method, path, body, ports)
 
@@ -268,13 +285,13 @@ class _Conn(asyncio.Protocol):
                     raise ValueError(mode)
             except (ValueError, AttributeError):
                 self._send(
-                    _response(400, {"error": "bad_request", "detail": f"expected {{'mode': one of {MODES}}}"})
+                    _response(400, {"error": f"expected {{'mode': one of {MODES}}}", "code": "bad_request"})
                 )
                 return
             self.busy = True  # answer only once the listener state has changed
             self.loop.create_task(self._set_modes(ports, mode, service_ms))
         else:
-            self._send(_response(404, {"error": "not_found", "detail": path}))
+            self._send(_response(404, {"error": f"no route {path}", "code": "not_found"}))
 
     async def _set_modes(self, ports: list[Port], mode: str, service_ms: float | None) -> None:
         for p in ports:

@@ -1,12 +1,16 @@
-"""The local_fleet role and inventory/local.docker.yml against the real Docker engine:
-nodes made, found with the inventory contract's groups and variables, scaled in, torn
-down to nothing. (No Docker inside the nodes here: the molecule scenarios do that.)"""
+"""The nodes role (local provider), the local_fleet role and inventory/local.docker.yml
+against the real Docker engine: EC2-like nodes (systemd, sshd, sudo) made, reached over
+SSH with the fleet's key and known host keys, found with the inventory contract's groups
+and variables, scaled in, torn down to nothing; and Docker installed through apt and
+systemd while another process holds the node's package lock."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,12 +20,19 @@ from tests.support import ROOT, free_port, unwrap
 
 FLEET = "pytest-local-fleet"
 LABEL = f"label=onnxfleet.fleet={FLEET}"
-PLAYBOOK = """
+NODES_PLAYBOOK = """
 - hosts: localhost
   connection: local
   gather_facts: false
   roles:
-    - onnxfleet.serving.local_fleet
+    - onnxfleet.serving.nodes
+"""
+DOCKER_PLAYBOOK = """
+- hosts: onnxfleet
+  become: true
+  gather_facts: false
+  roles:
+    - onnxfleet.serving.docker_engine
 """
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -49,38 +60,52 @@ def remove_all() -> None:
     subprocess.run(["docker", "rm", "-f", "pytest-other-fleet-node"], capture_output=True, check=False)
 
 
+@dataclass
+class Fleet:
+    """A playbook directory and the fleet's own state directory (XDG_STATE_HOME)."""
+
+    tmp: Path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.tmp / "state" / "onnxfleet" / FLEET
+
+    def env(self) -> dict[str, str]:
+        return ansible_env(ONNXFLEET_FLEET=FLEET, XDG_STATE_HOME=str(self.tmp / "state"))
+
+    def playbook(self, text: str) -> Path:
+        path = self.tmp / f"play{abs(hash(text))}.yml"
+        path.write_text(text)
+        return path
+
+    def converge(self, *extra: str, playbook: str = NODES_PLAYBOOK) -> dict[str, dict[str, int]]:
+        proc = run(["ansible-playbook", str(self.playbook(playbook)), *extra], env=self.env())
+        assert proc.returncode == 0, explain(proc)
+        return recap(proc.stdout)
+
+    def inventory(self) -> dict[str, object]:
+        proc = run(["ansible-inventory", "-i", "inventory/local.docker.yml", "--list"], env=self.env())
+        assert proc.returncode == 0, explain(proc)
+        return unwrap(json.loads(proc.stdout))  # type: ignore[return-value]
+
+    def ansible(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return run(["ansible", "onnxfleet", "-o", *args], env={**self.env(), **env})
+
+
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Path]:
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
     remove_all()
-    playbook = tmp_path / "local_fleet.yml"
-    playbook.write_text(PLAYBOOK)
     try:
-        yield playbook
+        yield Fleet(tmp_path)
     finally:
         remove_all()
 
 
-def converge(playbook: Path, *extra: str) -> dict[str, int]:
-    proc = run(["ansible-playbook", str(playbook), *extra], env=ansible_env(ONNXFLEET_FLEET=FLEET))
-    assert proc.returncode == 0, explain(proc)
-    return recap(proc.stdout)["localhost"]
-
-
-def inventory() -> dict[str, object]:
-    proc = run(
-        ["ansible-inventory", "-i", "inventory/local.docker.yml", "--list"],
-        env=ansible_env(ONNXFLEET_FLEET=FLEET),
-    )
-    assert proc.returncode == 0, explain(proc)
-    return unwrap(json.loads(proc.stdout))  # type: ignore[return-value]
-
-
-def test_local_fleet_inventory_scale_in_and_teardown(fleet: Path) -> None:
+def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet) -> None:
     port = free_port()
     shape = ["-e", "fleet_worker_count=2", "-e", f"fleet_published_port={port}"]
-    first = converge(fleet, *shape)
-    assert first["changed"] > 0
-    assert converge(fleet, *shape)["changed"] == 0, "a second run must change nothing"
+    assert fleet.converge(*shape)["localhost"]["changed"] > 0
+    assert fleet.converge(*shape)["localhost"]["changed"] == 0, "a second run must change nothing"
 
     nodes = [f"{FLEET}-worker-1", f"{FLEET}-worker-2", f"{FLEET}-orchestrator"]
     assert fleet_objects() == {
@@ -92,10 +117,24 @@ def test_local_fleet_inventory_scale_in_and_teardown(fleet: Path) -> None:
     assert orchestrator["HostConfig"]["PortBindings"] == {
         "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
     }
+    # As little as systemd and the inner engine need (docs/ansible.md, "Local nodes").
     assert orchestrator["HostConfig"]["Privileged"] is False
-    assert "CAP_SYS_RESOURCE" not in orchestrator["HostConfig"]["CapAdd"]
-    assert orchestrator["HostConfig"]["Init"] is True
+    assert sorted(orchestrator["HostConfig"]["CapAdd"]) == ["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]
+    assert orchestrator["HostConfig"]["CgroupnsMode"] == "host"
     assert json.loads(docker("inspect", f"{FLEET}-worker-1"))[0]["HostConfig"]["PortBindings"] in ({}, None)
+
+    # The nodes are instances: systemd is PID 1, sshd runs, no Docker yet, and the image
+    # carries no SSH host key (each node made its own at first boot).
+    for node in nodes:
+        assert docker("exec", node, "cat", "/proc/1/comm") == "systemd"
+        assert docker("exec", node, "systemctl", "is-active", "ssh") == "active"
+        no_docker = subprocess.run(["docker", "exec", node, "test", "-e", "/usr/bin/dockerd"], check=False)
+        assert no_docker.returncode == 1
+    image = orchestrator["Config"]["Image"]
+    assert (
+        docker("run", "--rm", "--entrypoint", "sh", image, "-c", "ls /etc/ssh | grep -c host_key || true")
+        == "0"
+    )
 
     # Another fleet's node, and a stopped container of this fleet, are not in the inventory.
     docker(
@@ -124,41 +163,129 @@ def test_local_fleet_inventory_scale_in_and_teardown(fleet: Path) -> None:
         "300",
     )
 
-    found = inventory()
+    found = fleet.inventory()
     hostvars = found["_meta"]["hostvars"]  # type: ignore[index]
     assert sorted(found["workers"]["hosts"]) == nodes[:2]  # type: ignore[index]
     assert found["orchestrators"]["hosts"] == [nodes[2]]  # type: ignore[index]
     assert sorted(found["onnxfleet"]["hosts"]) == sorted(nodes)  # type: ignore[index]
+    known_hosts = (fleet.state_dir / "known_hosts").read_text().splitlines()
+    host_keys = set()
     for node, short in zip(nodes, ["worker-1", "worker-2", "orchestrator"], strict=True):
         address = docker(
             "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{FLEET}").IPAddress}}}}', node
         )
-        assert hostvars[node]["fleet_node"] == short
-        assert hostvars[node]["fleet_private_address"] == address
-        assert hostvars[node]["ansible_connection"] == "community.docker.docker_api"
+        host = hostvars[node]
+        # the inventory contract, as aws_ec2 gives it; SSH, as on EC2
+        assert host["fleet_node"] == short
+        assert host["fleet_private_address"] == address
+        assert host["ansible_host"] == address
+        assert host["ansible_user"] == "admin"
+        assert host["fleet_architecture"] == "amd64"
+        assert host["ansible_connection"] == "ssh"
+        assert "ansible_become" not in host
+        # the node's own host key, read from the node, is what the fleet's known_hosts holds
+        key = docker("exec", node, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").split()[:2]
+        assert f"{address} {' '.join(key)}" in known_hosts
+        host_keys.add(key[1])
+    assert len(host_keys) == 3, "every node has its own host key"
+
+    # Ansible logs in as admin with the fleet's key, checks the host key, and becomes root
+    # through sudo (no connection or become settings but the fleet's key and known_hosts).
+    who = fleet.ansible("-m", "ansible.builtin.command", "-a", "id -un")
+    assert who.returncode == 0, explain(who)
+    assert who.stdout.count("| CHANGED | rc=0 | (stdout) admin") == 3, who.stdout
+    root = fleet.ansible("-b", "-m", "ansible.builtin.command", "-a", "id -un")
+    assert root.returncode == 0, explain(root)
+    assert root.stdout.count("| CHANGED | rc=0 | (stdout) root") == 3, root.stdout
+    assert oct((fleet.state_dir / "ssh" / "id_ed25519").stat().st_mode & 0o777) == "0o600"
+
+    # A host key that is not the node's is refused.
+    (fleet.state_dir / "known_hosts").write_text(
+        "\n".join(line.split()[0] + " " + " ".join(known_hosts[0].split()[1:]) for line in known_hosts) + "\n"
+    )
+    # (a new connection: the earlier ones stay open for a minute, ControlPersist)
+    spoofed = fleet.ansible(
+        "-m",
+        "ansible.builtin.ping",
+        ANSIBLE_SSH_ARGS="-o ControlMaster=no -o StrictHostKeyChecking=accept-new",
+    )
+    assert spoofed.returncode != 0
+    assert "HOST IDENTIFICATION HAS CHANGED" in spoofed.stdout + spoofed.stderr
+    # ... and a converge puts the nodes' own keys back.
+    fleet.converge(*shape)
+    assert fleet.ansible("-m", "ansible.builtin.ping").returncode == 0
 
     # Scale in to one worker: worker-2, its volume and the stray container go.
-    assert converge(fleet, "-e", "fleet_worker_count=1", "-e", f"fleet_published_port={port}")["changed"] > 0
+    assert (
+        fleet.converge("-e", "fleet_worker_count=1", "-e", f"fleet_published_port={port}")["localhost"][
+            "changed"
+        ]
+        > 0
+    )
     remaining = [f"{FLEET}-worker-1", f"{FLEET}-orchestrator"]
     objects = fleet_objects()
     assert objects["containers"] == sorted(remaining)
     assert objects["volumes"] == sorted(f"{n}-docker" for n in remaining)
-    assert sorted(inventory()["workers"]["hosts"]) == [f"{FLEET}-worker-1"]  # type: ignore[index]
+    assert sorted(fleet.inventory()["workers"]["hosts"]) == [f"{FLEET}-worker-1"]  # type: ignore[index]
 
-    # Teardown removes every container, volume and the network, and only those.
-    teardown = ["-e", "local_fleet_state=absent"]
-    assert converge(fleet, *teardown)["changed"] > 0
+    # Teardown removes every container, volume and the network, and only those, and
+    # forgets the host keys (addresses are recycled).
+    teardown = ["-e", "nodes_state=absent"]
+    assert fleet.converge(*teardown)["localhost"]["changed"] > 0
     assert fleet_objects() == {"containers": [], "volumes": [], "networks": []}
+    assert not (fleet.state_dir / "known_hosts").exists()
     assert docker("ps", "-q", "--filter", "name=pytest-other-fleet-node"), "another fleet's node was removed"
-    assert converge(fleet, *teardown)["changed"] == 0, "a second teardown must change nothing"
+    assert fleet.converge(*teardown)["localhost"]["changed"] == 0, "a second teardown must change nothing"
 
 
-def test_local_fleet_refuses_a_name_the_inventory_would_not_find(fleet: Path) -> None:
+def test_local_fleet_refuses_a_name_the_inventory_would_not_find(fleet: Fleet) -> None:
     proc = run(
-        ["ansible-playbook", str(fleet), "-e", "fleet_name=somewhere-else"],
-        env=ansible_env(ONNXFLEET_FLEET=FLEET),
+        ["ansible-playbook", str(fleet.playbook(NODES_PLAYBOOK)), "-e", "fleet_name=somewhere-else"],
+        env=fleet.env(),
     )
     assert proc.returncode != 0
     assert "ONNXFLEET_FLEET=somewhere-else" in proc.stdout
     assert fleet_objects()["containers"] == []
     assert (ROOT / "inventory" / "local.docker.yml").is_file()
+
+
+# Longer than apt's own default lock timeout (60 s), which the role raises.
+LOCK_HELD_S = 75
+HOLD_LOCKS = f"""
+import fcntl, sys, time
+paths = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock")
+files = [open(p, "w") for p in paths]
+for f in files:
+    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("held", flush=True)
+time.sleep({LOCK_HELD_S})
+"""
+
+
+@pytest.mark.timeout(900)
+def test_docker_engine_waits_for_the_package_lock_on_a_first_boot(fleet: Fleet) -> None:
+    """As cloud-init or unattended-upgrades do on a new instance, another process holds
+    the dpkg and apt locks as the play starts: the role waits for them, then installs
+    Docker through apt and runs it under systemd."""
+    fleet.converge(
+        "-e", "fleet_worker_count=1", "-e", "local_fleet_orchestrator=false", "-e", "fleet_published_port="
+    )
+    node = f"{FLEET}-worker-1"
+    holder = subprocess.Popen(
+        ["docker", "exec", node, "python3", "-c", HOLD_LOCKS], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        proc = run(["ansible-playbook", str(fleet.playbook(DOCKER_PLAYBOOK))], env=fleet.env(), timeout=800)
+        took = time.monotonic() - started
+        assert proc.returncode == 0, explain(proc)
+        assert holder.poll() == 0, "the lock holder must have kept the locks to the end"
+        assert took >= LOCK_HELD_S - 10, f"the run finished in {took:.0f} s, while the locks were held"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert docker("exec", node, "systemctl", "is-active", "docker") == "active"
+    assert docker("exec", node, "systemctl", "is-enabled", "docker") == "enabled"
+    assert docker("exec", node, "docker", "info", "--format", "{{.Driver}}") == "overlay2"

@@ -1,12 +1,13 @@
 """The routing table: built by the collection's filter from the fleet contract alone, and
 read back by the orchestrator's own parser. Then the orchestrator role's one-line
-template, rendered by real Ansible from an inventory with no group_vars, so that the
-fleet-wide values come from the fleet role's defaults (which hostvars of other hosts do
-not see) and a node's own host variables win."""
+template, rendered by real Ansible in a play of no role at all, from an inventory with
+the collection's group_vars/all.yml: the fleet-wide values are visible in hostvars of
+every host, and a node's own host variables win."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -114,14 +115,13 @@ PLAYBOOK = """
 - hosts: orchestrators
   connection: local
   gather_facts: false
-  roles:
-    - role: onnxfleet.serving.fleet
   tasks:
-    - name: Show why the filter takes fleet-wide values as arguments
+    - name: Check every host sees the fleet-wide values (group_vars/all.yml), and its own
       ansible.builtin.assert:
         that:
+          - hostvars['fleet-worker-10'].fleet_worker_containers == 2
+          - hostvars['fleet-worker-2'].fleet_worker_containers == 3
           - fleet_worker_containers == 2
-          - hostvars['fleet-worker-10'].fleet_worker_containers is not defined
     - name: Take the orchestrator role's variables
       ansible.builtin.include_vars:
         file: "{role}/{{{{ item }}}}/main.yml"
@@ -135,10 +135,11 @@ PLAYBOOK = """
 
 
 def test_the_role_template_renders_from_an_inventory_alone(tmp_path: Path) -> None:
-    """The one-line template, with the orchestrator role's variables and the fleet role's
-    defaults in scope: worker-10 gets the fleet-wide 2 containers (its hostvars do not see
-    that default), worker-2 its own 3 from port 6000."""
+    """The one-line template with the orchestrator role's variables: worker-10 gets the
+    fleet-wide 2 containers, worker-2 its own 3 from port 6000."""
     (tmp_path / "inventory.yml").write_text(INVENTORY)
+    (tmp_path / "group_vars").mkdir()
+    shutil.copy(ROOT / "inventory" / "group_vars" / "all.yml", tmp_path / "group_vars" / "all.yml")
     playbook = tmp_path / "render.yml"
     playbook.write_text(PLAYBOOK.format(role=ROOT / "roles" / "orchestrator", out=tmp_path))
     proc = run(["ansible-playbook", "-i", str(tmp_path / "inventory.yml"), str(playbook)])

@@ -36,10 +36,12 @@ def moto_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def aws_env(moto_url: str) -> dict[str, str]:
-    """The environment of every ansible/boto3 call: moto's endpoint, fake credentials."""
+def aws_env(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of every ansible/boto3 call: moto's endpoint, fake credentials, the
+    fleets' state (key pair, known_hosts) in a temporary directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ONNXFLEET_"))}
     env.update(
+        XDG_STATE_HOME=str(tmp_path_factory.mktemp("state")),
         AWS_URL=moto_url,
         AWS_REGION=REGION,
         AWS_DEFAULT_REGION=REGION,

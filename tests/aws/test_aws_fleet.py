@@ -139,7 +139,7 @@ def provision(
             {
                 "fleet_admin_cidrs": [ADMIN],
                 "fleet_allowed_cidrs": [CLIENTS],
-                "fleet_ssh_public_key_file": str(ssh_public_key),
+                "aws_fleet_ssh_public_key_file": str(ssh_public_key),
                 "fleet_extra_tags": EXTRA_TAGS,
                 # moto's instances have no SSH server
                 "aws_fleet_wait_for_ssh": False,

@@ -55,7 +55,7 @@ def assert_nothing_created(ec2: Any) -> None:
             id="no-workers",
         ),
         pytest.param(
-            ({"fleet_admin_cidrs": ["203.0.113.7/32"], "private_key": True}, "must be your SSH *public* key"),
+            ({"fleet_admin_cidrs": ["203.0.113.7/32"], "private_key": True}, "must be an SSH *public* key"),
             id="private-key-file",
         ),
     ],
@@ -74,7 +74,7 @@ def test_bad_settings_are_refused_clearly(
         key.write_text(
             "-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n-----END OPENSSH PRIVATE KEY-----\n"
         )
-    run = provision(ansible, {"fleet_ssh_public_key_file": str(key), **settings}, tmp_path)
+    run = provision(ansible, {"aws_fleet_ssh_public_key_file": str(key), **settings}, tmp_path)
     assert run.rc != 0
     assert message in run.output
     assert_nothing_created(ec2)
@@ -83,7 +83,7 @@ def test_bad_settings_are_refused_clearly(
 def test_check_mode_without_the_fleet_creates_nothing(
     ec2: Any, ansible: Callable[..., Run], ssh_public_key: Path, tmp_path: Path
 ) -> None:
-    settings = {"fleet_admin_cidrs": ["203.0.113.7/32"], "fleet_ssh_public_key_file": str(ssh_public_key)}
+    settings = {"fleet_admin_cidrs": ["203.0.113.7/32"], "aws_fleet_ssh_public_key_file": str(ssh_public_key)}
     run = provision(ansible, settings, tmp_path, "--check").check()
     assert run.changed >= 1, "the VPC would be created"
     # the role stops after the VPC, whose id every later task needs

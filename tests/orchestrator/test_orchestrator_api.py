@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from onnxfleet.orchestrator.routes import RoutesError, load_table, parse_table
-from tests.orchestrator.orch_support import SimFleet, call, orchestrator, routes, status
+from tests.orchestrator.inproc import in_process
+from tests.orchestrator.orch_support import SimFleet, call, routes, status
 
 
 def test_v2_route_forwards_path_body_and_content_type(sim: SimFleet, tmp_path: Path) -> None:
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
-    with orchestrator(table) as orch:
+    with in_process(table) as orch:
         payload = b'{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}'
         code, headers, body = call(
             orch.url + "/v2/models/digits/infer",
@@ -38,12 +39,13 @@ def test_status_and_metrics(sim: SimFleet, tmp_path: Path) -> None:
         [("a/0", sim.url(0), "a"), ("b/0", sim.url(1), "b")],
         queue={"max_length": 7},
     )
-    with orchestrator(table) as orch:
+    with in_process(table) as orch:
         for _ in range(4):
             assert call(orch.url + "/run_model", "POST", {})[0] == 200
         st = status(orch)
         assert st["ready"] is True
-        assert st["queue"] == {"depth": 0, "max_length": 7, "timeout_s": 30.0}
+        assert st["queue"] == {"depth": 0, "bytes": 0, "max_length": 7, "timeout_s": 30.0}
+        assert st["dispatching"] is True
         assert st["totals"]["answered"] == 4
         assert st["totals"]["by_status"] == {"200": 4}
         assert sum(c["served"] for c in st["containers"]) == 4
@@ -58,12 +60,11 @@ def test_status_and_metrics(sim: SimFleet, tmp_path: Path) -> None:
         }
         assert 40 <= st["service_time_ms"] < 1000
         # one JSON line per request in the log
-        lines = [json.loads(line) for line in orch.log().splitlines() if line.startswith("{")]
-        access = [entry for entry in lines if entry["logger"] == "onnxfleet.orchestrator.access"]
+        access = [r.__dict__ for r in orch.records.records if r.name == "onnxfleet.orchestrator.access"]
         assert len(access) == 4
         assert {entry["status"] for entry in access} == {200}
         assert {entry["container"] for entry in access} <= {"a/0", "b/0"}
-        assert all(entry["service"] == "orchestrator" and entry["queue_wait_ms"] >= 0 for entry in access)
+        assert all(entry["queue_wait_ms"] >= 0 and entry["duration_ms"] >= 40 for entry in access)
         code, headers, text = call(orch.url + "/metrics")
         assert code == 200
         assert headers["Content-Type"].startswith("text/plain")
@@ -82,17 +83,17 @@ def test_status_and_metrics(sim: SimFleet, tmp_path: Path) -> None:
 
 def test_bad_requests_get_json_errors(sim: SimFleet, tmp_path: Path) -> None:
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
-    with orchestrator(table, "--max-body-bytes", "1000") as orch:
+    with in_process(table, "--max-body-bytes", "1000") as orch:
         code, _, body = call(orch.url + "/run_model")
         assert code == 405
         assert body["error"]
-        assert "GET" in body["reason"]
+        assert "GET" in body["error"]
         code, _, body = call(orch.url + "/nowhere")
         assert code == 404
-        assert "/nowhere" in body["reason"]
+        assert "/nowhere" in body["error"]
         code, _, body = call(orch.url + "/run_model", "POST", b"x" * 5000)
         assert code == 413
-        assert "1000" in body["reason"]
+        assert "1000" in body["error"]
         assert sim.stats(0)["received"] == 0
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.orchestrator.orch_support import SimFleet, call, orchestrator, routes, wait_for
+from tests.orchestrator.inproc import in_process
+from tests.orchestrator.orch_support import SimFleet, call, routes, wait_for
 
 
 def test_jobs_report_their_position_then_their_result(sim: SimFleet, tmp_path: Path) -> None:
     sim.mode(0, "ok", service_ms=400)
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
-    with orchestrator(table, "--job-ttl", "1.5") as orch:
+    with in_process(table, "--job-ttl", "1.5") as orch:
         jobs = []
         for i in range(3):
             code, headers, body = call(orch.url + "/jobs", "POST", {"i": i}, {"X-Request-Id": f"job{i}"})
@@ -38,22 +39,22 @@ def test_jobs_report_their_position_then_their_result(sim: SimFleet, tmp_path: P
         time.sleep(1.7)
         code, _, body = call(orch.url + jobs[2]["status_url"])
         assert code == 404
-        assert body["error"] == "unknown_job"
+        assert body["code"] == "not_found"
         assert call(orch.url + "/jobs/nope")[0] == 404
 
 
 def test_jobs_are_bounded_and_failures_reported(sim: SimFleet, tmp_path: Path) -> None:
     sim.mode(0, "hang")
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
-    with orchestrator(table, "--max-jobs", "2", "--upstream-timeout", "0.5") as orch:
+    with in_process(table, "--max-jobs", "2", "--upstream-timeout", "0.5") as orch:
         first = call(orch.url + "/jobs", "POST", {})[2]
         assert call(orch.url + "/jobs", "POST", {})[0] == 202
         code, headers, body = call(orch.url + "/jobs", "POST", {})
         assert code == 429
-        assert body["error"] == "too_many_jobs"
+        assert body["code"] == "too_many_jobs"
         assert "Retry-After" in headers
         view = wait_for(
             lambda: (v := call(orch.url + first["status_url"])[2])["status"] == "failed" and v, what="failed"
         )
         assert view["result"]["status_code"] == 504
-        assert view["result"]["error"] == "upstream_timeout"
+        assert view["result"]["body"]["code"] == "upstream_timeout"

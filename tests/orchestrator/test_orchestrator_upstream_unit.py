@@ -13,7 +13,6 @@ from onnxfleet.orchestrator.upstream import (
     ConnectFailed,
     Pool,
     UpstreamTimeout,
-    _parse_head,
 )
 from tests.support import free_port
 
@@ -122,13 +121,30 @@ def test_timeout_and_refused() -> None:
     asyncio.run(refused())
 
 
-def test_head_parsing_keeps_headers_in_order() -> None:
-    status, headers, length, chunked, keep_alive = _parse_head(
-        b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2"
-    )
-    assert (status, length, chunked, keep_alive) == (201, 2, False, False)
-    assert headers == [
-        (b"Content-Type", b"application/json"),
-        (b"Connection", b"close"),
-        (b"Content-Length", b"2"),
-    ]
+def test_headers_are_kept_in_order_and_case() -> None:
+    async def check(pool: Pool) -> None:
+        response = await pool.request(REQUEST, 2)
+        assert (response.status, response.body, response.keep_alive) == (201, b"{}", False)
+        assert response.headers == [
+            (b"Content-Type", b"application/json"),
+            (b"X-Latin", b"caf\xe9"),
+            (b"Connection", b"close"),
+            (b"Content-Length", b"2"),
+        ]
+        assert response.header("x-latin") == "caf\xe9"
+
+    serve(
+        [
+            b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nX-Latin: caf\xe9\r\n"
+            b"Connection: close\r\nContent-Length: 2\r\n\r\n{}"
+        ]
+    )(check)
+
+
+def test_bytes_after_an_answer_make_the_connection_unusable() -> None:
+    async def check(pool: Pool) -> None:
+        response = await pool.request(REQUEST, 2)
+        assert (response.status, response.body, response.keep_alive) == (200, b"ok", False)
+        assert pool.idle == []
+
+    serve([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n"], hold=True)(check)

@@ -99,3 +99,27 @@ def test_max_concurrency_is_counted(models_dir: Path) -> None:
     assert all(r <= min(f, 2) for r, f in samples), samples
     assert metric(text, "onnxfleet_worker_inference_duration_seconds_count") == 5
     assert metric(text, "onnxfleet_worker_slot_wait_seconds_sum") > 0
+
+
+def test_keep_alive_connections_beyond_the_threads_are_all_served(digits_worker: Service) -> None:
+    """A thread that answered waits a moment for the next request on its connection
+    (onnxfleet.worker.server.Worker): 60 keep-alive connections, three times the worker's
+    threads, each asking in turn, still all get their answers; pipelined requests too."""
+    import socket
+
+    from tests.worker.test_hostile import read_answer
+
+    connections = [socket.create_connection(("127.0.0.1", digits_worker.port), timeout=10) for _ in range(60)]
+    try:
+        for _ in range(3):
+            for sock in connections:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: w\r\n\r\n")
+            for sock in connections:
+                status, _, body = read_answer(sock)
+                assert (status, body["live"]) == (200, True)
+        pipelined = connections[0]
+        pipelined.sendall(b"GET /healthz HTTP/1.1\r\nHost: w\r\n\r\n" * 3)
+        assert [read_answer(pipelined)[0] for _ in range(3)] == [200, 200, 200]
+    finally:
+        for sock in connections:
+            sock.close()

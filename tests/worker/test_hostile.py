@@ -8,7 +8,9 @@ import json
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import pytest
 import requests
@@ -40,20 +42,20 @@ def connect(service: Service) -> socket.socket:
 
 
 def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
-    """Status, headers and JSON body of one answer (Content-Length framed)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before an answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed mid-body"
-        body += chunk
-    return int(lines[0].split()[1]), headers, json.loads(body)
+    """Status, headers and JSON body of the next answer on ``sock`` (Content-Length
+    framed); bytes of a following answer stay for the next call."""
+    reader = READERS.setdefault(sock, sock.makefile("rb"))
+    status_line = reader.readline()
+    assert status_line, "connection closed before an answer"
+    headers = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.lower()] = value.strip()
+    body = reader.read(int(headers["content-length"]))
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+READERS: weakref.WeakKeyDictionary[socket.socket, BinaryIO] = weakref.WeakKeyDictionary()
 
 
 def post_head(path: str, *headers: str) -> bytes:

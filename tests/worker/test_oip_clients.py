@@ -11,11 +11,8 @@ grpcio-tools...) conflict with the controller's.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from sklearn.datasets import load_digits
 from tritonclient.utils import InferenceServerException
 
 from tests.support import ROOT, Service
-from tests.worker.worker_support import DIGITS
+from tests.worker.worker_support import DIGITS, pinned_venv
 
 SAMPLES = load_digits().data[:5].astype(np.float32)
 MULTI = {
@@ -146,33 +143,7 @@ def test_tritonclient_reads_our_errors(
 # --- KServe -------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def kserve_python() -> Path:
-    """The KServe venv's python, created (under a lock: tests may run in parallel) when
-    missing or when kserve-client.txt changed."""
-    requirements = HERE / "kserve-client.txt"
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
-    python = KSERVE_VENV / "bin" / "python"
-    stamp = KSERVE_VENV / ".requirements-sha256"
-    KSERVE_VENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(KSERVE_VENV.parent / "kserve.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (python.exists() and stamp.exists() and stamp.read_text() == digest):
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(KSERVE_VENV)], check=True)
-            subprocess.run(
-                [
-                    str(python),
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--disable-pip-version-check",
-                    "-r",
-                    str(requirements),
-                ],
-                check=True,
-                timeout=900,
-            )
-            stamp.write_text(digest)
-    return python
+    return pinned_venv(KSERVE_VENV, HERE / "kserve-client.txt") / "python"
 
 
 def kserve_infer(

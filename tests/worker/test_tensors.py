@@ -32,6 +32,8 @@ def test_flatten_names_the_ragged_element() -> None:
     [
         ("FP32", [1, 2.5, -3], np.array([1, 2.5, -3], np.float32)),
         ("FP16", [0.5, 65504], np.array([0.5, 65504], np.float16)),
+        # the decimal JSON writes for FP32's largest value is a hair above it as a float64
+        ("FP32", [3.4028235e38], np.array([np.finfo(np.float32).max])),
         ("FP64", [1e300], np.array([1e300])),
         ("INT8", [-128, 127], np.array([-128, 127], np.int8)),
         ("UINT8", [0, 255.0], np.array([0, 255], np.uint8)),

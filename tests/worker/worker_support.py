@@ -3,6 +3,12 @@ no files in git), real worker processes, Prometheus text parsing."""
 
 from __future__ import annotations
 
+import fcntl
+import glob
+import hashlib
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,3 +135,33 @@ def metric(text: str, name: str, **labels: str) -> float:
         if key == (f"{name}{{{want}}}" if labels else name):
             return float(value)
     return 0.0
+
+
+def find_python(maximum: tuple[int, int]) -> str:
+    """A Python interpreter of version 3.9 up to ``maximum`` (for a tool that does not run
+    on the controller's Python): on PATH, in pyenv, or Debian's."""
+    candidates = [f"python3.{minor}" for minor in range(maximum[1], 8, -1)]
+    candidates += sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.*/bin/python")), reverse=True)
+    candidates += [sys.executable, "/usr/bin/python3"]
+    check = f"import sys, venv; sys.exit(not (3, 9) <= sys.version_info[:2] <= {maximum})"
+    for candidate in candidates:
+        path = shutil.which(candidate)
+        if path and subprocess.run([path, "-c", check], check=False, capture_output=True).returncode == 0:
+            return path
+    raise RuntimeError(f"no Python 3.9 to {maximum[0]}.{maximum[1]} found (pyenv install 3.12?)")
+
+
+def pinned_venv(path: Path, requirements: Path, python: str = sys.executable) -> Path:
+    """``path``, a venv with exactly ``requirements`` (created, under a lock, when missing
+    or when the requirements file changed); returns its bin directory."""
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    stamp = path / ".requirements-sha256"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (stamp.exists() and stamp.read_text() == digest):
+            subprocess.run([python, "-m", "venv", "--clear", str(path)], check=True)
+            pip = [str(path / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            subprocess.run([*pip, "-r", str(requirements)], check=True, timeout=900)
+            stamp.write_text(digest)
+    return path / "bin"

@@ -27,7 +27,6 @@ from onnxfleet.oip.tensors import (
     check_finite,
     check_shape_value,
     from_data,
-    to_json,
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -235,7 +234,7 @@ def _write(
         entry["parameters"] = {"binary_data_size": len(blob)}
         blobs.append(blob)
     else:
-        entry["data"] = to_json(array.reshape(-1))
+        entry["data"] = array.reshape(-1)  # jsonio.dumps writes numpy arrays directly
     entries.append(entry)
 
 

@@ -1,5 +1,6 @@
 """JSON in and out, the same way for every service (so answers are byte-identical
-whoever encodes them): strict JSON out, tensors written as nested lists."""
+whoever encodes them): orjson, strict JSON out, numpy arrays written directly (NaN and
+±Infinity as null, float32 with its own shortest digits)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,24 @@ import json
 from typing import Any
 
 import numpy as np
+import orjson
 
 from onnxfleet.oip.errors import CodecError
 from onnxfleet.oip.tensors import to_json
 
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
 
 def loads(raw: bytes | memoryview, what: str = "the body") -> Any:
-    """Parsed JSON, or CodecError (400) saying why not. NaN and Infinity literals parse
-    (as floats), so that the tensor they are in can be named when it refuses them."""
+    """Parsed JSON, or CodecError (400) saying why not.
+
+    orjson refuses NaN and Infinity literals and overflowing numbers (1e400); the standard
+    parser then reads them (as floats), so that the tensor they are in can be named when
+    it refuses them, and words the other errors."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(bytes(raw))
     except RecursionError:
@@ -24,11 +35,11 @@ def loads(raw: bytes | memoryview, what: str = "the body") -> Any:
 
 
 def _default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray):  # BYTES (object) arrays, 0-d arrays
         return to_json(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def dumps(value: Any) -> bytes:
-    """Compact strict JSON; numpy arrays as nested lists (NaN and ±Infinity as null)."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_default).encode()
+    """Compact strict JSON (non-ASCII as UTF-8); numpy arrays as nested lists."""
+    return orjson.dumps(value, option=_NUMPY, default=_default)

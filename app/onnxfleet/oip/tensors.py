@@ -247,15 +247,18 @@ def _floats(flat: list[Any], dtype: np.dtype, name: str, datatype: str) -> np.nd
         wide = np.array(flat, dtype=np.float64)
     except OverflowError:
         raise InvalidInput(f"input {name!r} ({datatype}) has an integer too large for a float") from None
-    if dtype != np.float64:
+    if dtype == np.float64:
+        return wide
+    # Judged after the cast: a decimal that rounds to the type's largest value (as JSON
+    # writes FP32's max) is fine, one that rounds to infinity is not.
+    with np.errstate(over="ignore"):
+        narrow = wide.astype(dtype)
+    if not np.isfinite(narrow[np.isfinite(wide)]).all():
         limit = float(np.finfo(dtype).max)
-        finite = wide[np.isfinite(wide)]
-        if finite.size and float(np.abs(finite).max()) > limit:
-            raise InvalidInput(
-                f"input {name!r} ({datatype}) has a value beyond ±{limit:.6g}, "
-                f"which {datatype} cannot represent"
-            )
-    return wide.astype(dtype)
+        raise InvalidInput(
+            f"input {name!r} ({datatype}) has a value beyond ±{limit:.6g}, which {datatype} cannot represent"
+        )
+    return narrow
 
 
 def _integers(flat: list[Any], dtype: np.dtype, types: set[type], name: str, datatype: str) -> np.ndarray:

@@ -3,28 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
-import signal
+import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from onnxfleet.orchestrator.app import Settings
+    from onnxfleet.orchestrator.routes import HealthSpec, RoutingTable
+    from onnxfleet.orchestrator.server import Limits
+    from onnxfleet.orchestrator.tokens import Tokens
 
 DEFAULT_BIND = "0.0.0.0:8000"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--routes", required=True, metavar="FILE", help="routing table (JSON)")
-    parser.add_argument("--bind", default=DEFAULT_BIND, metavar="HOST:PORT", help="default: %(default)s")
+    parser.add_argument(
+        "--bind", default=DEFAULT_BIND, metavar="HOST:PORT", help="the API listener (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--admin-bind",
+        metavar="HOST:PORT",
+        help="a private listener for /admin/*, /status, /metrics and the dashboard "
+        "(default: none, they are served on --bind, behind tokens)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="drain flags and the dispatch lease, shared by the processes that replace each other "
+        "(default: a private directory that lives as long as the command)",
+    )
     parser.add_argument(
         "--admin-token-file",
         metavar="FILE",
         help="bearer token for /admin/* (default: $ONNXFLEET_ADMIN_TOKEN; none: admin is open)",
     )
     parser.add_argument(
-        "--api-token-file",
+        "--api-tokens-file",
         metavar="FILE",
-        help="bearer token for inference and /jobs (default: $ONNXFLEET_API_TOKEN; none: open)",
+        help="client tokens, '<name> sha256:<hex>' per line, re-read by POST /admin/reload "
+        "(also: a raw $ONNXFLEET_API_TOKEN; none: the API is open)",
     )
     parser.add_argument(
         "--upstream-timeout",
@@ -53,7 +76,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max-body-bytes",
         type=int,
         default=8 * 1024 * 1024,
-        help="request body limit (default: %(default)s)",
+        help="request body limit, as the workers' (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-queue-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="request bytes the queue holds at most; more: 429 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open client connections at most (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--head-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="to send a request head (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="longest pause while sending a body (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-alive",
+        type=float,
+        default=75.0,
+        metavar="S",
+        help="idle connection lifetime (default: %(default)s)",
     )
     parser.add_argument(
         "--health-interval", type=float, default=1.0, metavar="S", help="default: %(default)s"
@@ -85,75 +141,139 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name}: expected a value > 0, got {value}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from onnxfleet import logs
-    from onnxfleet.gunicorn_app import serve
-    from onnxfleet.orchestrator.routes import HealthSpec, RoutesError, load_table
+class _Files:
+    """The routing table and tokens the next worker starts with: read again by the arbiter on SIGHUP."""
 
-    logs.configure("orchestrator", args.log_level)
-    try:
-        for name in ("--upstream-timeout", "--job-ttl", "--health-interval", "--health-timeout"):
-            _positive(name, getattr(args, name[2:].replace("-", "_")))
-        for name in ("--max-jobs", "--max-body-bytes", "--health-fall", "--health-rise"):
-            _positive(name, getattr(args, name[2:].replace("-", "_")))
-        if args.retries < 0:
-            raise ValueError(f"--retries: expected a value >= 0, got {args.retries}")
-        health = HealthSpec(
-            interval_s=args.health_interval,
-            timeout_s=args.health_timeout,
-            fall=args.health_fall,
-            rise=args.health_rise,
-        )
-        table = load_table(args.routes, health)
-        admin_token = _token(args.admin_token_file, "ONNXFLEET_ADMIN_TOKEN")
-        api_token = _token(args.api_token_file, "ONNXFLEET_API_TOKEN")
-    except (RoutesError, ValueError, OSError) as exc:
-        print(f"onnxfleet orchestrator: {exc}", file=sys.stderr)
-        return 2
+    def __init__(self, path: str, health: HealthSpec, table: RoutingTable) -> None:
+        self.path, self.health, self.table = path, health, table
+        self.tokens: Tokens | None = None
+        self.tokens_path: str | None = None
 
-    from onnxfleet.orchestrator.app import Settings, build_app
+    def reload(self, _arbiter: Any) -> None:
+        from onnxfleet.orchestrator.routes import RoutesError, load_table
+        from onnxfleet.orchestrator.tokens import Tokens, TokensError, load_tokens
 
-    if admin_token is None:
-        logging.getLogger("onnxfleet.orchestrator").warning(
-            "no admin token (--admin-token-file, $ONNXFLEET_ADMIN_TOKEN): /admin/* is open to anyone "
-            "who reaches this port"
-        )
+        assert self.tokens is not None
+        try:
+            table = load_table(self.path, self.health)
+            hashed = load_tokens(self.tokens_path) if self.tokens_path else None
+        except (RoutesError, TokensError) as exc:
+            logging.getLogger("onnxfleet.orchestrator").error(
+                "reload refused, the new worker keeps the current routing table and tokens: %s", exc
+            )
+            return
+        self.table, self.tokens = table, Tokens(hashed, self.tokens.raw_token)
 
+
+def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
+    """What the command line asks for, checked (raises RoutesError, TokensError, ValueError, OSError)."""
+    from onnxfleet.orchestrator.app import Settings
+    from onnxfleet.orchestrator.routes import HealthSpec, load_table
+    from onnxfleet.orchestrator.server import Limits
+    from onnxfleet.orchestrator.tokens import Tokens, load_tokens
+
+    for name in (
+        "--upstream-timeout",
+        "--job-ttl",
+        "--health-interval",
+        "--health-timeout",
+        "--max-jobs",
+        "--max-body-bytes",
+        "--max-queue-bytes",
+        "--max-connections",
+        "--head-timeout",
+        "--body-timeout",
+        "--keep-alive",
+        "--health-fall",
+        "--health-rise",
+    ):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.retries < 0:
+        raise ValueError(f"--retries: expected a value >= 0, got {args.retries}")
+    health = HealthSpec(
+        interval_s=args.health_interval,
+        timeout_s=args.health_timeout,
+        fall=args.health_fall,
+        rise=args.health_rise,
+    )
+    routes_path = str(Path(args.routes).resolve())
+    files = _Files(routes_path, health, load_table(routes_path, health))
+    api_token = os.environ.get("ONNXFLEET_API_TOKEN") or None
+    tokens_path = str(Path(args.api_tokens_file).resolve()) if args.api_tokens_file else None
+    files.tokens_path = tokens_path
+    files.tokens = Tokens(load_tokens(tokens_path) if tokens_path else None, api_token)
+    state_dir = Path(args.state_dir).resolve() if args.state_dir else None
+    if state_dir is not None and not state_dir.is_dir():
+        raise ValueError(f"--state-dir: {state_dir} is not a directory")
     settings = Settings(
-        routes_path=str(Path(args.routes).resolve()),
-        admin_token=admin_token,
+        routes_path=routes_path,
+        admin_token=_token(args.admin_token_file, "ONNXFLEET_ADMIN_TOKEN"),
         api_token=api_token,
+        api_tokens_path=tokens_path,
+        state_dir=state_dir,
+        admin_listener=args.admin_bind is not None,
         upstream_timeout_s=args.upstream_timeout,
         retries=args.retries,
         job_ttl_s=args.job_ttl,
         max_jobs=args.max_jobs,
         max_body_bytes=args.max_body_bytes,
+        max_queue_bytes=args.max_queue_bytes,
         health_defaults=health,
         access_log=args.access_log,
     )
-
-    serve(
-        lambda: build_app(settings, table),
-        {
-            "bind": args.bind,
-            # One process: the queue and the slot table are in-memory state (see
-            # docs/orchestrator.md); several processes would each admit a request to the
-            # same container.
-            "workers": 1,
-            "worker_class": "onnxfleet.orchestrator.worker.OrchestratorWorker",
-            "graceful_timeout": 15,
-            "timeout": 30,
-            "when_ready": _forward_hup,
-        },
+    limits = Limits(
+        max_body_bytes=args.max_body_bytes,
+        head_timeout_s=args.head_timeout,
+        body_timeout_s=args.body_timeout,
+        keep_alive_s=args.keep_alive,
+        max_connections=args.max_connections,
     )
+    return settings, limits, files
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxfleet import logs
+    from onnxfleet.gunicorn_app import serve
+    from onnxfleet.orchestrator.routes import RoutesError
+
+    logs.configure("orchestrator", args.log_level)
+    try:
+        settings, limits, files = load(args)
+    except (RoutesError, ValueError, OSError) as exc:
+        print(f"onnxfleet orchestrator: {exc}", file=sys.stderr)
+        return 2
+
+    from onnxfleet.orchestrator.service import Service
+
+    arbiter = os.getpid()
+    private_state = None
+    if settings.state_dir is None:
+        # gunicorn replaces its worker on SIGHUP: the two processes still need one lease
+        private_state = tempfile.mkdtemp(prefix="onnxfleet-orchestrator-")
+        settings = dataclasses.replace(settings, state_dir=Path(private_state))
+
+    if settings.admin_token is None:
+        logging.getLogger("onnxfleet.orchestrator").warning(
+            "no admin token (--admin-token-file, $ONNXFLEET_ADMIN_TOKEN): /admin/* is open to anyone "
+            "who reaches this port"
+        )
+    try:
+        serve(
+            lambda: Service(settings, files.table, limits, files.tokens),
+            {
+                "bind": [args.bind] if args.admin_bind is None else [args.bind, args.admin_bind],
+                # One process: the queue and the slot table are in-memory state (see
+                # docs/orchestrator.md); several processes would each admit a request to the
+                # same container.
+                "workers": 1,
+                "worker_class": "onnxfleet.orchestrator.worker.OrchestratorWorker",
+                "graceful_timeout": 15,
+                "timeout": 30,
+                "on_reload": files.reload,
+            },
+        )
+    finally:
+        # the workers are forks of this process and leave through this frame too
+        if private_state is not None and os.getpid() == arbiter:
+            shutil.rmtree(private_state, ignore_errors=True)
     return 0
-
-
-def _forward_hup(server: Any) -> None:
-    """Make the gunicorn arbiter pass SIGHUP to the worker instead of replacing it.
-
-    gunicorn's own SIGHUP starts a new worker and retires the old one: two processes
-    would then admit requests to the same containers, and the queue would be split.
-    The worker re-reads the routing table itself, keeping its queue and slots.
-    """
-    server.handle_hup = lambda: server.kill_workers(signal.SIGHUP)

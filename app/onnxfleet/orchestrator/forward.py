@@ -30,14 +30,14 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def request_bytes(path: bytes, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
+def request_bytes(method: str, path: bytes, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
     """The complete HTTP/1.1 request for a container: the client's headers, our framing.
 
     ``headers`` are the client's, names lowercased (as ASGI servers give them). The
     client's Host is passed through (as HAProxy does), so the bytes do not depend on the
     container and are built once, before the request even has a slot.
     """
-    parts = [b"POST ", path, b" HTTP/1.1\r\n"]
+    parts = [method.encode(), b" ", path, b" HTTP/1.1\r\n"]
     has_host = False
     for name, value in headers:
         if name in HOP_BY_HOP:

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 
-from onnxfleet.orchestrator.dispatch import Container, Dispatcher
+from onnxfleet.orchestrator.dispatcher import Dispatcher
+from onnxfleet.orchestrator.exchange import Forwarder
+from onnxfleet.orchestrator.roster import Container
 from onnxfleet.orchestrator.routes import HealthSpec
 from onnxfleet.orchestrator.upstream import Pool, UpstreamError
 
@@ -18,8 +20,9 @@ log = logging.getLogger("onnxfleet.orchestrator.health")
 
 
 class HealthChecker:
-    def __init__(self, dispatcher: Dispatcher, spec: HealthSpec) -> None:
+    def __init__(self, dispatcher: Dispatcher, forwarder: Forwarder, spec: HealthSpec) -> None:
         self.dispatcher = dispatcher
+        self.forwarder = forwarder
         self.spec = spec
         self.tasks: dict[Container, asyncio.Task[None]] = {}
 
@@ -34,9 +37,25 @@ class HealthChecker:
             if c not in self.tasks:
                 self.tasks[c] = asyncio.get_running_loop().create_task(self._loop(c))
 
+    def record(self, c: Container, error: str | None) -> None:
+        """One check result (None: passed); a change of state reaches the queue at once."""
+        if not c.record_check(error is None, self.spec.rise, self.spec.fall, error):
+            return
+        # pragma: no mutate start (log text)
+        log.info(
+            "container %s is %s",
+            c.name,
+            "up" if c.healthy else "down",
+            extra={"container": c.name, "error": error},
+        )
+        # pragma: no mutate end
+        if not c.healthy:
+            self.forwarder.abandon(c, f"{c.name} failed its health checks before answering ({error})")
+        self.dispatcher.changed()
+
     async def _loop(self, c: Container) -> None:
         spec = self.spec
-        pool = Pool(c.spec.host, c.spec.port, max_idle=1, connect_timeout=spec.timeout_s)
+        pool = Pool(c.spec.host, c.spec.port)
         request = f"GET {spec.path} HTTP/1.1\r\nHost: {c.spec.host}:{c.spec.port}\r\n\r\n".encode()
         try:
             while c in self.dispatcher.containers:
@@ -48,17 +67,9 @@ class HealthChecker:
                 except UpstreamError as exc:
                     error = f"{spec.path}: {exc}"
                 except Exception as exc:  # a bug must not stop the checks of this container
-                    log.exception("health check of %s failed", c.name)
-                    error = f"{spec.path}: {exc!r}"
-                was_healthy = c.healthy
-                self.dispatcher.mark_health(c, error is None, spec.rise, spec.fall, error)
-                if c.healthy != was_healthy:
-                    log.info(
-                        "container %s is %s",
-                        c.name,
-                        "up" if c.healthy else "down",
-                        extra={"container": c.name, "error": error},
-                    )
+                    log.exception("health check of %s failed", c.name)  # pragma: no mutate
+                    error = f"{spec.path}: {type(exc).__name__}"
+                self.record(c, error)
                 await asyncio.sleep(spec.interval_s)
         finally:
             pool.close()

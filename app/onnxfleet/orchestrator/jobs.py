@@ -14,12 +14,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxfleet.orchestrator.dispatch import Exchange
+from onnxfleet.orchestrator.exchange import Exchange
 
 
 @dataclass(slots=True)
 class Job:
-    exchange: Exchange
+    exchange: Exchange | None = None  # for its queue position
     id: str = field(default_factory=lambda: secrets.token_hex(12))
     status: str = "queued"  # queued → running → done | failed
     created: float = field(default_factory=time.time)

@@ -17,15 +17,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from onnxfleet.orchestrator.dispatch import Dispatcher
+from onnxfleet.orchestrator.dispatcher import Dispatcher
+from onnxfleet.orchestrator.exchange import Forwarder
 
 PREFIX = "onnxfleet_orchestrator"
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class _FleetCollector(Collector):
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, forwarder: Forwarder) -> None:
         self.dispatcher = dispatcher
+        self.forwarder = forwarder
 
     def collect(self) -> Iterator[Metric]:
         d = self.dispatcher
@@ -65,7 +67,7 @@ class _FleetCollector(Collector):
             rejected.add_metric([reason], d.rejected.get(reason, 0))
         yield rejected
         retries = CounterMetricFamily(f"{PREFIX}_retries", "Requests re-sent to another container")
-        retries.add_metric([], d.retried)
+        retries.add_metric([], self.forwarder.retried)
         yield retries
 
 
@@ -113,9 +115,9 @@ class _AnswerCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, forwarder: Forwarder) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_FleetCollector(dispatcher))
+        self.registry.register(_FleetCollector(dispatcher, forwarder))
         self.queue_wait = LeanHistogram(
             f"{PREFIX}_queue_wait_seconds", "Time requests waited for a slot", _BUCKETS
         )
@@ -126,7 +128,8 @@ class Metrics:
         self.code_created: dict[int, float] = {}
         self.registry.register(_AnswerCollector(self))
 
-    def answered(self, status: int) -> None:
+    def answered(self, status: int, elapsed: float) -> None:
+        self.duration.observe(elapsed)
         by_code = self.by_code
         if status in by_code:
             by_code[status] += 1

@@ -1,46 +1,36 @@
-"""A lean HTTP/1.1 client for the containers: keep-alive connections over asyncio protocols.
+"""A lean HTTP/1.1 client for the containers: keep-alive connections, httptools' parser.
 
-aiohttp's client costs several times the whole per-request budget of the orchestrator
-(the goal is about 1 ms of overhead at thousands of requests per second on one core), and
-the containers are our own services answering small bodies: one request at a time per
-connection, ``Content-Length`` or chunked framing. Errors say whether any response byte
-arrived, which decides whether a request may be retried elsewhere.
+aiohttp's client costs several times the orchestrator's whole per-request budget, and the
+containers are our own services answering small bodies: one request at a time per
+connection, parsed by ``httptools.HttpResponseParser`` (llhttp, strict: framing, header
+tokens and values are checked there). Errors say whether any answer byte arrived, which
+decides whether a request may be sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-MAX_HEAD_BYTES = 64 * 1024
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
+
+Headers = list[tuple[bytes, bytes]]
 
 
 class UpstreamError(Exception):
-    """The container gave no usable answer."""
-
-    retryable = False
+    """The container gave no usable answer (the message is for logs and /status)."""
 
 
 class ConnectFailed(UpstreamError):
     """No connection could be opened (refused, unreachable, connect timeout)."""
 
-    retryable = True
-
 
 class ClosedBeforeResponse(UpstreamError):
-    """The connection closed or reset before the first response byte."""
-
-    retryable = True
-
-
-class Abandoned(UpstreamError):
-    """Given up before the first response byte: the container failed its health checks."""
-
-    retryable = True
+    """The connection closed or reset before the first answer byte."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -51,15 +41,14 @@ class BadResponse(UpstreamError):
     """A malformed answer, or the connection closed in the middle of it."""
 
 
-Headers = list[tuple[bytes, bytes]]
-
-
-@dataclass(slots=True)
 class Response:
-    status: int
-    headers: Headers  # as received: names in their case, values without leading blanks
-    body: bytes
-    keep_alive: bool
+    __slots__ = ("body", "headers", "keep_alive", "status")
+
+    def __init__(self, status: int, headers: Headers, body: bytes, keep_alive: bool) -> None:
+        self.status = status
+        self.headers = headers  # as received: names in their case, values stripped of leading blanks
+        self.body = body
+        self.keep_alive = keep_alive
 
     def header(self, name: str) -> str | None:
         wanted = name.lower().encode("latin-1")
@@ -70,64 +59,8 @@ class Response:
         return None
 
 
-# A response head: the status line, then header fields whose names are RFC 9110 tokens
-# and whose values carry no control character but tab. The answer is passed on to the
-# orchestrator's client, whose server (uvicorn) refuses to send anything else. Two C-level
-# regex passes cost a third of a Python loop over the lines.
-_CTL = rb"\x00-\x08\x0a-\x1f\x7f"
-_FIELD = rb"\r\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^" + _CTL + rb"]*)"
-_HEAD = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [^" + _CTL + rb"]*)?((?:" + _FIELD + rb")*)")
-_FIELDS = re.compile(_FIELD)
-_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|connection):[ \t]*([^\r\n]*)", re.IGNORECASE)
-
-
-def _parse_head(head: bytes) -> tuple[int, Headers, int | None, bool, bool]:
-    """(status, headers, content_length or None, chunked, keep_alive) of a response head."""
-    match = _HEAD.fullmatch(head)
-    if match is None:
-        raise BadResponse(f"malformed response head {head[:120]!r}")
-    keep_alive = match[1] == b"1"
-    length: int | None = None
-    chunked = False
-    for name, raw in _FRAMING.findall(head):
-        field = name.lower()
-        value = raw.strip().lower()
-        if field == b"content-length":
-            if not value.isdigit():
-                raise BadResponse(f"bad Content-Length {value!r}")
-            length = int(value)
-        elif field == b"transfer-encoding":
-            chunked = value.endswith(b"chunked")
-        else:
-            keep_alive = b"close" not in value and (keep_alive or b"keep-alive" in value)
-    return int(match[2]), _FIELDS.findall(head, match.start(3)), length, chunked, keep_alive
-
-
-def _parse_chunked(buf: bytearray, start: int) -> tuple[bytes, int] | None:
-    """(body, end offset) of a complete chunked body in ``buf`` from ``start``, or None."""
-    body = bytearray()
-    pos = start
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            return None
-        size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise BadResponse(f"bad chunk size {size_text[:20]!r}") from None
-        pos = eol + 2
-        if size == 0:
-            # trailers end with an empty line
-            end = buf.find(b"\r\n\r\n", pos - 2)
-            return (bytes(body), end + 4) if end >= 0 else None
-        if len(buf) < pos + size + 2:
-            return None
-        body += buf[pos : pos + size]
-        pos += size + 2
-
-
-Callback = Callable[[Any, "Connection", "Response | None", "UpstreamError | None"], None]
+# callback(ex, container, connection, response, error): exactly one of response/error is set
+Callback = Callable[[Any, Any, "Connection", "Response | None", "UpstreamError | None"], None]
 
 
 class Connection(asyncio.Protocol):
@@ -143,14 +76,26 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reused = False
-        self._buf = bytearray()
+        self._parser = HttpResponseParser(self)
         self._callback: Callback | None = None
-        self._arg: Any = None
+        self._ex: Any = None
+        self.owner: Any = None  # the container record whose slot this exchange holds
         self._timer: asyncio.TimerHandle | None = None
-        self._head: tuple[int, Headers, int | None, bool, bool] | None = None
-        self._body_start = 0
+        self._reset()
 
-    # asyncio.Protocol
+    def _reset(self) -> None:
+        self._answered = False  # an answer byte arrived
+        self._status = 0
+        self._headers: Headers = []
+        self._framed = False  # Content-Length or Transfer-Encoding: the parser finds the end
+        self._head_done = False
+        self._body: list[bytes] = []
+        self._size = 0
+        self._keep_alive = False
+        self._response: Response | None = None
+        self._error: UpstreamError | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
         sock = transport.get_extra_info("socket")
@@ -161,13 +106,16 @@ class Connection(asyncio.Protocol):
         if self._callback is None:
             self.close()  # bytes nobody asked for: the connection is unusable
             return
-        self._buf += data
+        self._answered = True
         try:
-            response = self._parse()
-        except BadResponse as exc:
-            self.close()
-            self._done(None, exc)
-            return
+            self._parser.feed_data(data)
+        except (HttpParserError, HttpParserUpgrade) as exc:
+            if self._response is None:
+                self.close()
+                self._done(None, self._error or BadResponse(f"malformed answer ({exc})"))
+                return
+            self._response.keep_alive = False  # bytes after the answer: don't reuse
+        response = self._response
         if response is not None:
             if not response.keep_alive:
                 self.close()
@@ -180,95 +128,101 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self._callback is None:
             return
-        head = self._head
-        if head is not None and head[2] is None and not head[3]:
+        if self._head_done and not self._framed:
             # no framing: the body ends with the connection
-            self._done(Response(head[0], head[1], bytes(self._buf[self._body_start :]), False), None)
-        elif self._buf:
+            body = b"".join(self._body)
+            self._done(Response(self._status, self._headers, body, False), None)
+        elif self._answered:
             self._done(None, BadResponse("connection closed in the middle of the answer"))
         else:
-            self._done(None, ClosedBeforeResponse(f"connection closed before any answer ({exc or 'EOF'})"))
+            reason = "reset" if exc is not None else "EOF"
+            self._done(None, ClosedBeforeResponse(f"connection closed before any answer ({reason})"))
 
-    def _parse(self) -> Response | None:
-        buf = self._buf
-        if self._head is None:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD_BYTES:
-                    raise BadResponse("response head too large")
-                return None
-            self._head = _parse_head(bytes(buf[:end]))
-            self._body_start = end + 4
-            if 100 <= self._head[0] < 200:  # interim answer: skip it
-                del buf[: self._body_start]
-                self._head = None
-                return self._parse()
-        status, headers, length, chunked, keep_alive = self._head
-        start = self._body_start
-        if chunked:
-            parsed = _parse_chunked(buf, start)
-            if parsed is None:
-                return None
-            body, end = parsed
-        elif length is not None:
-            end = start + length
-            if len(buf) < end:
-                return None
-            body = bytes(buf[start:end])
-        else:
-            return None  # read until close
-        if len(buf) != end:
-            keep_alive = False  # pipelined garbage: don't reuse
-        return Response(status, headers, body, keep_alive)
+    # -- httptools callbacks --------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._response is not None:
+            self._response.keep_alive = False  # a second answer to one request: don't reuse
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if not 100 <= status <= 599:
+            self._error = BadResponse(f"status {status} is outside 100-599")
+            raise self._error
+        self._status = status
+        self._head_done = True
+        self._keep_alive = self._parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > MAX_ANSWER_BYTES:
+            self._error = BadResponse(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+            raise self._error
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._response is not None:
+            return
+        if self._status < 200:  # an interim answer (100 Continue): the real one follows
+            self._headers = []
+            self._framed = self._head_done = False
+            return
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._response = Response(self._status, self._headers, body, self._keep_alive)
+
+    # -- exchanges --------------------------------------------------------------------------
     def _done(self, response: Response | None, error: UpstreamError | None) -> None:
-        callback, arg = self._callback, self._arg
-        self._callback = self._arg = None
-        self._head = None
-        self._buf = bytearray()
+        callback, ex, owner = self._callback, self._ex, self.owner
+        self._callback = self._ex = self.owner = None
+        self._reset()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if callback is not None:
-            callback(arg, self, response, error)
+            callback(ex, owner, self, response, error)
 
     def _timed_out(self) -> None:
         self._timer = None
         self.close()
         self._done(None, UpstreamTimeout("no answer in time"))
 
-    def send(self, data: bytes, timeout: float, callback: Callback, arg: Any) -> None:
-        """Write one complete request; ``callback(arg, conn, response, error)`` follows."""
+    def send(self, data: bytes, timeout: float, callback: Callback, ex: Any, owner: Any) -> None:
+        """Write one complete request; ``callback(ex, owner, conn, response, error)`` follows."""
         assert self.transport is not None
         assert self._callback is None
-        self._callback, self._arg = callback, arg
+        self._callback, self._ex, self.owner = callback, ex, owner
         self._timer = self.loop.call_later(timeout, self._timed_out)
         self.transport.write(data)
 
-    def abandon(self, reason: str) -> None:
-        """End the exchange with ``Abandoned`` if no answer byte has arrived yet.
+    @property
+    def waiting_first_byte(self) -> bool:
+        return self._callback is not None and not self._answered
 
-        A stopped host sends no reset: without this its requests would wait for the
-        upstream timeout although the health checks already know it is gone.
+    def detach(self) -> Any:
+        """Take the exchange off this connection; the callback then gets ``None`` for it.
+
+        The connection (and so the container's slot) stays taken until its answer is read
+        and discarded, or it closes: the container may still be computing.
         """
-        if self._callback is not None and not self._buf and self._head is None:
-            self.close()
-            self._done(None, Abandoned(reason))
+        ex, self._ex = self._ex, None
+        return ex
 
     async def request(self, data: bytes, timeout: float) -> Response:
         """``send`` for callers that just wait (health checks)."""
         future: asyncio.Future[Response] = self.loop.create_future()
 
-        def done(
-            _arg: Any, _conn: Connection, response: Response | None, error: UpstreamError | None
-        ) -> None:
+        def done(_ex: Any, _owner: Any, _conn: Connection, response: Response | None, error: Any) -> None:
             if not future.done():
                 if response is not None:
                     future.set_result(response)
                 else:
-                    future.set_exception(error or UpstreamError("no answer"))
+                    future.set_exception(error)
 
-        self.send(data, timeout, done, None)
+        self.send(data, timeout, done, None, None)
         try:
             return await future
         except asyncio.CancelledError:
@@ -282,7 +236,7 @@ class Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Keep-alive connections to one container (at most ``max_idle`` kept open)."""
+    """Keep-alive connections to one container address (at most ``max_idle`` kept open)."""
 
     def __init__(self, host: str, port: int, max_idle: int = 4, connect_timeout: float = 2.0) -> None:
         self.host = host

@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         {
             "bind": args.bind,
             "workers": 1,
-            "worker_class": "onnxfleet.worker.server.JsonErrorWorker",
+            "worker_class": "onnxfleet.worker.server.Worker",
+            "logger_class": "onnxfleet.worker.server.QuietAccessLogger",
             "threads": threads,
             # Longer than the idle time of clients' keep-alive pools (aiohttp: 15 s), so
             # the worker never closes a connection a client is about to reuse.

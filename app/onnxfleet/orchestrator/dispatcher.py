@@ -1,0 +1,246 @@
+"""Slots and the one FIFO queue: admission, positions, hand-over of freed slots.
+
+Every container address has ``max_concurrency`` slots. A request takes a free slot of an
+accepting container at once, or waits in the single FIFO queue. When a slot frees (the
+container answered, or its connection closed), the same event-loop callback hands it to
+the head of the queue: no task wakes up between two requests to a container.
+
+All state changes are plain (non-async) methods on the event loop thread, so "find a
+free slot and take it" is atomic by construction: the races of the hand-written seeds
+(two requests reserving one container, a queue nothing drains) cannot happen. Handing
+over is a loop, never a recursion: a burst of expired requests is answered one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from onnxfleet.orchestrator.errors import HTTPError, NoContainer, QueueFull, QueueTimeout
+from onnxfleet.orchestrator.exchange import Exchange
+from onnxfleet.orchestrator.roster import Container, Drained, Roster
+from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec
+
+
+class Dispatcher:
+    # starts an exchange on a container once it holds a slot (the forwarder sets it)
+    start: Callable[[Exchange, Container], None]
+
+    def __init__(self, queue: QueueSpec, roster: Roster, max_queue_bytes: int = 64 * 1024 * 1024) -> None:
+        self.queue_spec = queue
+        self.max_queue_bytes = max_queue_bytes
+        self.queue_bytes = 0  # request bytes held by the queue
+        self.dispatching = True  # False in standby: another process holds the dispatch lease
+        self.roster = roster
+        self.containers = roster.containers  # the roster's list, in place
+        self.queue: OrderedDict[int, Exchange] = OrderedDict()
+        self._next_key = 0
+        self._rr = 0
+        self.service_ewma_s = 0.0  # recent service time, for Retry-After estimates
+        self.rejected: dict[str, int] = {}
+
+    # -- choosing a slot ------------------------------------------------------------------
+    def _pick(self) -> Container | None:
+        """The least loaded accepting container with a free slot (round-robin among equals)."""
+        if not self.dispatching:
+            return None
+        containers = self.containers
+        n = len(containers)
+        best: Container | None = None
+        best_load = 2.0
+        best_i = 0
+        start = self._rr
+        for i in range(n):
+            c = containers[(start + i) % n]
+            if c.free:
+                load = c.endpoint.inflight / c.max_concurrency
+                if load < best_load:
+                    best, best_load, best_i = c, load, i
+                    if load == 0.0:
+                        break
+        if best is not None:
+            self._rr = (start + best_i + 1) % n
+        return best
+
+    def any_accepting(self) -> bool:
+        return any(c.accepting for c in self.containers)
+
+    def ready_slots(self) -> int:
+        return sum(c.max_concurrency for c in self.containers if c.accepting)
+
+    def retry_after(self) -> int:
+        """Seconds until a newly queued request would likely be served (at least 1)."""
+        slots = max(1, self.ready_slots())
+        estimate = (len(self.queue) + 1) * self.service_ewma_s / slots
+        return max(1, min(3600, int(estimate + 0.999)))
+
+    def _count(self, exc: HTTPError) -> HTTPError:
+        self.rejected[exc.code] = self.rejected.get(exc.code, 0) + 1
+        return exc
+
+    # -- admission ----------------------------------------------------------------------------
+    def submit(self, ex: Exchange, priority: bool = False) -> None:
+        """Start ``ex`` on a free slot or queue it; raises HTTPError when it may not wait.
+
+        ``priority`` puts a re-sent request at the head of the queue (it waited its turn).
+        """
+        if not self.queue:
+            c = self._pick()
+            if c is not None:
+                self._start(ex, c)
+                return
+            # checked only here: a queue implies an accepting container (changed()
+            # fails the whole queue when the last one stops accepting)
+            if not self.any_accepting():
+                raise self._count(NoContainer("no container is ready to serve", retry_after=1))
+        if not priority:
+            if len(self.queue) >= self.queue_spec.max_length:
+                full = f"the queue is full ({self.queue_spec.max_length} waiting): retry later"
+                raise self._count(QueueFull(full, retry_after=self.retry_after()))
+            if self.queue_bytes + ex.size > self.max_queue_bytes:
+                full = f"the queue is full ({self.queue_bytes} bytes of requests waiting): retry later"
+                raise self._count(QueueFull(full, retry_after=self.retry_after()))
+        now = time.monotonic()
+        wait = self.queue_spec.timeout_s - ex.waited
+        by_deadline = ex.deadline is not None and ex.deadline - now < wait
+        if by_deadline:
+            assert ex.deadline is not None
+            wait = ex.deadline - now
+        if wait <= 0:
+            raise self._count(self._timeout(by_deadline))
+        ex.key = key = self._next_key
+        self._next_key += 1
+        ex.queued_at = now
+        ex.timer = asyncio.get_running_loop().call_later(wait, self._expire, ex, by_deadline)
+        self.queue[key] = ex
+        self.queue_bytes += ex.size
+        if priority:
+            self.queue.move_to_end(key, last=False)
+            self.dispatch()
+
+    def withdraw(self, ex: Exchange) -> None:
+        """The client left: a queued request leaves the queue (one in flight runs on)."""
+        if ex.key is not None:
+            self._unqueue(ex)
+
+    def _unqueue(self, ex: Exchange) -> None:
+        """Out of the queue, its queue timer stopped (a queued request has a key and a timer)."""
+        assert ex.key is not None
+        assert ex.timer is not None
+        del self.queue[ex.key]
+        self.queue_bytes -= ex.size
+        ex.key = None
+        ex.timer.cancel()
+        ex.timer = None
+
+    def _timeout(self, by_deadline: bool) -> HTTPError:
+        if by_deadline:
+            reason = "the request deadline (X-Request-Timeout-Ms) passed while it was queued"
+        else:
+            reason = (
+                f"waited {self.queue_spec.timeout_s:g}s in the queue (queue.timeout_s) without a free slot"
+            )
+        return QueueTimeout(reason, retry_after=self.retry_after())
+
+    def _expire(self, ex: Exchange, by_deadline: bool) -> None:
+        self._unqueue(ex)  # its own timer: it is still queued
+        ex.waited += time.monotonic() - ex.queued_at
+        ex.finish(None, self._count(self._timeout(by_deadline)))
+
+    def position(self, ex: Exchange) -> int | None:
+        """How many queued requests are ahead of ``ex`` (None when it is not queued)."""
+        if ex.key is None:
+            return None
+        for ahead, key in enumerate(self.queue):
+            if key == ex.key:
+                return ahead
+        return None
+
+    # -- hand-over ------------------------------------------------------------------------------
+    def dispatch(self) -> None:
+        """Hand free slots to the head of the queue, in order."""
+        while self.queue:
+            c = self._pick()
+            if c is None:
+                return
+            ex = self._pop_head()
+            if ex is None:
+                return
+            self._start(ex, c)
+
+    def _pop_head(self) -> Exchange | None:
+        """The first queued request still worth sending, out of the queue."""
+        while self.queue:
+            ex = next(iter(self.queue.values()))
+            self._unqueue(ex)
+            now = time.monotonic()
+            ex.waited += now - ex.queued_at
+            if ex.deadline is not None and ex.deadline <= now:  # its timer had no turn yet
+                ex.finish(None, self._count(self._timeout(True)))
+                continue
+            return ex
+        return None
+
+    def _start(self, ex: Exchange, c: Container) -> None:
+        c.inflight += 1
+        c.endpoint.inflight += 1
+        ex.container = c
+        self.start(ex, c)
+
+    def release(self, c: Container) -> None:
+        """A slot of ``c`` is free again: hand it to the head of the queue."""
+        c.inflight -= 1
+        c.endpoint.inflight -= 1
+        if c.inflight == 0:
+            for fut in c.idle_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            c.idle_waiters.clear()
+            if c.removed:
+                self.roster.forget_if_idle(c)
+        if not self.queue:
+            return
+        if c.free:
+            # A queue means every other container is full (dispatch runs after every
+            # change), so the slot just freed is the one to fill: no need to look for it.
+            ex = self._pop_head()
+            if ex is not None:
+                self._start(ex, c)
+        else:
+            self.dispatch()
+
+    def served(self, took: float) -> None:
+        ewma = self.service_ewma_s
+        self.service_ewma_s = took if ewma == 0.0 else ewma + 0.05 * (took - ewma)
+
+    # -- fleet changes ------------------------------------------------------------------------
+    def changed(self) -> None:
+        """Call after any health, admin or table change: serve the queue or fail it fast."""
+        self.dispatch()
+        if self.queue and not self.any_accepting():
+            for ex in list(self.queue.values()):
+                self._unqueue(ex)
+                ex.finish(None, self._count(NoContainer("no container is ready to serve", retry_after=1)))
+
+    def apply(
+        self, specs: Iterable[ContainerSpec], queue: QueueSpec, drained: Drained | None = None
+    ) -> dict[str, list[str]]:
+        self.queue_spec = queue
+        changes = self.roster.apply(specs, drained)
+        self.changed()
+        return changes
+
+    def set_draining(self, containers: Iterable[Container], draining: bool) -> None:
+        for c in containers:
+            c.draining = draining
+        self.changed()
+
+    async def wait_idle(self, containers: Iterable[Container]) -> None:
+        loop = asyncio.get_running_loop()
+        for c in containers:
+            while c.inflight > 0:
+                fut: asyncio.Future[None] = loop.create_future()
+                c.idle_waiters.append(fut)
+                await fut

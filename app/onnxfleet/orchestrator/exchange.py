@@ -1,0 +1,263 @@
+"""One request's life with the containers: forwarding, re-sending, its outcome.
+
+An ``Exchange`` carries the bytes of one request and ends exactly once for its client
+(``finish``: an answer or an error; or ``abandon``: the client left). The container side
+is separate: a slot taken for a request is freed only when the container answered (the
+answer is read, and discarded if the client is gone) or its connection closed, so a
+client's deadline, a client leaving or a container failing its health checks never
+frees a slot the container is still computing in (a late answer frees it).
+
+Re-sending: a request is sent again, at the head of the queue, only when it cannot have
+been computed: the connection could not be made (``--retries`` times; the container is
+ejected, at most one per request), or the container failed its health checks before
+answering (a stopped host sends no reset). A request that reached a container that then
+closed the connection may have crashed it: never sent again (HAProxy's ``retry-on
+conn-failure``). A pooled keep-alive connection that the container had closed
+meanwhile is retried once on a fresh connection to the same container (the ordinary
+keep-alive race, not a failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from onnxfleet.orchestrator.errors import GatewayTimeout, HTTPError, Unreachable, UpstreamFailed
+from onnxfleet.orchestrator.upstream import (
+    ClosedBeforeResponse,
+    ConnectFailed,
+    Connection,
+    Response,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+if TYPE_CHECKING:
+    from onnxfleet.orchestrator.dispatcher import Dispatcher
+    from onnxfleet.orchestrator.roster import Container
+
+
+class Exchange:
+    """One request: its bytes, its place in the queue, its outcome."""
+
+    __slots__ = (
+        "arrived",
+        "attempts",
+        "container",
+        "data",
+        "deadline",
+        "done",
+        "ejected",
+        "error",
+        "key",
+        "on_done",
+        "queued_at",
+        "response",
+        "sent_at",
+        "size",
+        "timer",
+        "waited",
+    )
+
+    def __init__(self, data: bytes, deadline: float | None, on_done: Callable[[Exchange], None]) -> None:
+        self.data = data
+        self.size = len(data)
+        self.deadline = deadline  # time.monotonic() instant bounding queue wait + answer
+        self.on_done = on_done  # called once, by finish()
+        self.arrived = time.monotonic()
+        self.key: int | None = None  # set while queued
+        self.timer: asyncio.TimerHandle | None = None  # queue timeout, or the deadline at a container
+        self.queued_at = 0.0
+        self.sent_at = 0.0
+        self.waited = 0.0  # seconds spent in the queue (all attempts)
+        self.attempts = 0  # re-sends so far
+        self.ejected = False  # a request ejects one container at most
+        self.container: Container | None = None
+        self.done = False
+        self.response: Response | None = None
+        self.error: HTTPError | None = None
+
+    def finish(self, response: Response | None, error: HTTPError | None) -> None:
+        """The outcome for the client (once; later calls change nothing)."""
+        on_done = self._end()
+        if on_done is not None:
+            self.response, self.error = response, error
+            on_done(self)
+
+    def abandon(self) -> None:
+        """The client left: no outcome (a request at a container runs on, its answer is dropped)."""
+        self._end()
+
+    def _end(self) -> Callable[[Exchange], None] | None:
+        """Done for the client: the callback to call, or None when it was done already."""
+        if self.done:
+            return None
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.data = b""  # the request bytes are not needed anymore (memory: jobs keep outcomes)
+        on_done, self.on_done = self.on_done, _ignore  # no cycle through the client's callback
+        return on_done
+
+
+def _ignore(_ex: Exchange) -> None:
+    pass
+
+
+class Forwarder:
+    """Sends exchanges to the containers the dispatcher chose, and ends them."""
+
+    def __init__(self, dispatcher: Dispatcher, upstream_timeout: float, retries: int) -> None:
+        self.dispatcher = dispatcher
+        self.upstream_timeout = upstream_timeout
+        self.retries = retries
+        self.retried = 0
+        self.connecting: set[asyncio.Task[None]] = set()
+        dispatcher.start = self.send
+
+    def _connect_then_send(self, ex: Exchange, c: Container) -> None:
+        task = asyncio.get_running_loop().create_task(self._connect_and_send(ex, c))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
+
+    def send(self, ex: Exchange, c: Container) -> None:
+        """``ex`` holds a slot of ``c``: write it on an idle connection, or open one."""
+        loop = asyncio.get_running_loop()
+        ex.sent_at = now = time.monotonic()
+        if ex.deadline is not None and ex.timer is None:
+            ex.timer = loop.call_later(ex.deadline - now, self._deadline_passed, ex)
+        conn = c.endpoint.pool.take_idle()
+        if conn is not None:
+            c.endpoint.sending.add(conn)
+            conn.send(ex.data, self.upstream_timeout, self._on_answer, ex, c)
+        else:
+            self._connect_then_send(ex, c)
+
+    async def _connect_and_send(self, ex: Exchange, c: Container) -> None:
+        try:
+            conn = await c.endpoint.pool.connect()
+        except ConnectFailed as exc:
+            self._on_answer(ex, c, None, None, exc)
+            return
+        if ex.done:  # its client left (or its deadline passed) meanwhile: nothing to compute
+            c.endpoint.pool.put(conn, True)
+            self._end(c)
+            return
+        c.endpoint.sending.add(conn)
+        conn.send(ex.data, self.upstream_timeout, self._on_answer, ex, c)
+
+    def _deadline_passed(self, ex: Exchange) -> None:
+        ex.timer = None
+        assert ex.container is not None
+        name = ex.container.name
+        ex.finish(
+            None, GatewayTimeout(f"{name} gave no answer before the request deadline (X-Request-Timeout-Ms)")
+        )
+
+    def _end(self, c: Container) -> None:
+        self.dispatcher.release(c)
+
+    def _on_answer(
+        self,
+        ex: Exchange | None,
+        c: Container,
+        conn: Connection | None,
+        response: Response | None,
+        error: UpstreamError | None,
+    ) -> None:
+        """The end of one exchange with ``c`` (``ex`` is None when it was detached)."""
+        if conn is not None:
+            c.endpoint.sending.discard(conn)
+        if response is not None:
+            assert conn is not None
+            self._answered(ex, c, conn, response)
+        else:
+            assert error is not None
+            self._failed(ex, c, conn, error)
+
+    def _answered(self, ex: Exchange | None, c: Container, conn: Connection, response: Response) -> None:
+        c.endpoint.pool.put(conn, response.keep_alive)
+        c.served += 1
+        if response.status >= 500:
+            c.errors += 1
+        version = response.header("X-Model-Version")
+        if version is not None:
+            c.model_version = version
+        if ex is not None:
+            self.dispatcher.served(time.monotonic() - ex.sent_at)
+        self._end(c)
+        if ex is not None:
+            ex.finish(response, None)
+
+    def _failed(
+        self, ex: Exchange | None, c: Container, conn: Connection | None, error: UpstreamError
+    ) -> None:
+        if isinstance(error, ClosedBeforeResponse) and conn is not None and conn.reused and ex is not None:
+            # the keep-alive race: the container closed an idle connection we reused; the
+            # fresh connection is not "reused", so this happens once per request at most
+            self._connect_then_send(ex, c)
+            return
+        c.errors += 1
+        c.last_error = str(error)
+        self._end(c)
+        if isinstance(error, ConnectFailed):
+            # nothing reached the container: eject it (once per request) and send elsewhere
+            if ex is None or not ex.ejected:
+                if ex is not None:
+                    ex.ejected = True
+                if c.eject(str(error)):
+                    self.dispatcher.changed()
+            if ex is not None:
+                self._resend(ex, c, str(error))
+            return
+        if ex is None:
+            return
+        if isinstance(error, UpstreamTimeout):
+            ex.finish(None, GatewayTimeout(f"{c.name} gave no answer within {self.upstream_timeout:g}s"))
+        elif isinstance(error, ClosedBeforeResponse):
+            # it may have crashed the container: never sent again (HAProxy's retry-on conn-failure)
+            ex.finish(
+                None, UpstreamFailed(f"{c.name} closed the connection without an answer", container=c.name)
+            )
+        else:
+            ex.finish(
+                None, UpstreamFailed(f"{c.name} sent a malformed or incomplete answer", container=c.name)
+            )
+
+    def _resend(self, ex: Exchange, c: Container, reason: str) -> None:
+        """Send ``ex`` again elsewhere (it got no answer byte from ``c``), or give up."""
+        if ex.done:
+            return
+        if ex.attempts >= self.retries:
+            ex.finish(
+                None,
+                Unreachable(
+                    f"no container could be reached: {c.name}: {reason} (after {ex.attempts} re-sends)",
+                    container=c.name,
+                ),
+            )
+            return
+        ex.attempts += 1
+        if ex.timer is not None:  # the deadline timer: armed again when it is sent
+            ex.timer.cancel()
+            ex.timer = None
+        self.retried += 1
+        try:
+            self.dispatcher.submit(ex, priority=True)
+        except HTTPError as exc:
+            ex.finish(None, exc)
+
+    def abandon(self, c: Container, reason: str) -> None:
+        """``c`` failed its health checks: its requests still without an answer byte go elsewhere.
+
+        Their connections stay open (and ``c``'s slots taken) until a late answer is read
+        or they close: a container that was only slow must not get more than its slots.
+        """
+        for conn in list(c.endpoint.sending):
+            if conn.owner is c and conn.waiting_first_byte:
+                ex = conn.detach()
+                if ex is not None:
+                    self._resend(ex, c, reason)

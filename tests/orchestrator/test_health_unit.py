@@ -1,0 +1,165 @@
+"""The active health checker against scripted containers: fall, rise, and what a change does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from onnxfleet.orchestrator.routes import ContainerSpec, HealthSpec
+from tests.orchestrator.scripted import Fleet, Scripted, answer_ok, read_request, run
+from tests.support import free_port
+
+READY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+UNREADY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class Readiness:
+    """Answers checks READY or UNREADY as told; counts them."""
+
+    def __init__(self) -> None:
+        self.ready = True
+        self.checks = 0
+
+    async def __call__(self, _r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:
+        self.checks += 1
+        writer.write(READY if self.ready else UNREADY)
+        return True
+
+
+async def until(predicate: object, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_the_checker_marks_down_after_fall_and_up_after_rise() -> None:
+    from onnxfleet.orchestrator.health import HealthChecker
+
+    async def main() -> None:
+        readiness = Readiness()
+        async with Scripted(readiness) as a:
+            fleet = Fleet([a.spec("a")])
+            c = fleet.container("a")
+            c.healthy = False
+            c.checked = False
+            spec = HealthSpec(path="/readyz", interval_s=0.01, timeout_s=1, fall=3, rise=4)
+            checker = HealthChecker(fleet.dispatcher, fleet.forwarder, spec)
+            checker.sync()
+            await until(lambda: c.healthy)  # the first check decides at once
+            assert readiness.checks == 1
+            readiness.ready = False
+            seen = readiness.checks
+            await until(lambda: not c.healthy)
+            assert readiness.checks - seen == 3  # fall: 3 failed checks in a row
+            assert c.last_error == "/readyz answered 503"
+            readiness.ready = True
+            seen = readiness.checks
+            await until(lambda: c.healthy)
+            assert readiness.checks - seen == 4  # rise: 4 passed checks in a row
+            await checker.close()
+            assert not checker.tasks
+
+    run(main)
+
+
+def test_when_the_last_container_goes_down_the_queue_fails_and_waiting_requests_move_on() -> None:
+    from onnxfleet.orchestrator.health import HealthChecker
+
+    async def silent(reader: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
+        await read_request(reader)  # never answers
+        return False
+
+    async def main() -> None:
+        async with Scripted(silent) as a, Scripted(answer_ok) as b:
+            fleet = Fleet([a.spec("a"), b.spec("b")])
+            checker = HealthChecker(fleet.dispatcher, fleet.forwarder, HealthSpec(fall=1, rise=1))
+            b_container = fleet.container("b")
+            fleet.dispatcher.set_draining([b_container], True)
+            first, first_done = fleet.send()
+            queued, queued_done = fleet.send()
+            await asyncio.sleep(0.05)
+            assert first.container is fleet.container("a")
+            assert queued.key is not None
+            # a fails a check: its request without an answer byte goes on (to nowhere yet:
+            # b drains, so nothing accepts) and the queue is failed at once
+            checker.record(fleet.container("a"), "/readyz: no answer")
+            done = await asyncio.wait_for(queued_done, 2)
+            assert done.error is not None
+            assert done.error.code == "no_ready_container"
+            done = await asyncio.wait_for(first_done, 2)
+            assert done.error is not None
+            assert done.error.code == "no_ready_container"
+            assert fleet.forwarder.retried == 1
+            assert first.attempts == 1
+            # a passing check brings it back: new requests flow again
+            fleet.dispatcher.set_draining([b_container], False)
+            checker.record(fleet.container("a"), None)
+            assert fleet.container("a").healthy
+            await checker.close()
+
+    run(main)
+
+
+def test_what_a_failed_check_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxfleet.orchestrator.health import HealthChecker
+    from onnxfleet.orchestrator.upstream import Pool
+
+    async def main() -> None:
+        readiness = Readiness()
+        async with Scripted(readiness) as a:
+            dead = free_port()
+            gone = ContainerSpec("gone", f"http://127.0.0.1:{dead}", "gone", "127.0.0.1", dead, 1)
+            fleet = Fleet([a.spec("a"), gone])
+            c = fleet.container("a")
+            spec = HealthSpec(path="/ready", interval_s=0.01, fall=1)
+            checker = HealthChecker(fleet.dispatcher, fleet.forwarder, spec)
+            checker.sync()
+            await until(lambda: readiness.checks >= 1)
+            first = checker.tasks[c]
+            assert a.requests[0].startswith(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % a.port)
+            await until(lambda: not fleet.container("gone").healthy)
+            error = fleet.container("gone").last_error
+            assert error is not None
+            assert error.startswith(f"/ready: connect to 127.0.0.1:{dead}")
+            checker.sync(spec)  # same settings: same task
+            assert checker.tasks[c] is first
+            checker.sync(HealthSpec(path="/other", interval_s=0.01, fall=1))  # new settings: restarted
+            await until(lambda: a.requests[-1].startswith(b"GET /other "))
+            assert checker.tasks[c] is not first
+            assert first.cancelled()
+            readiness.ready = False
+            await until(lambda: not c.healthy)
+            assert c.last_error == "/other answered 503"
+
+            async def broken(self: Pool, data: bytes, timeout: float) -> None:
+                raise ValueError("a bug")
+
+            monkeypatch.setattr(Pool, "request", broken)
+            await until(lambda: c.last_error == "/other: ValueError")
+            await checker.close()
+
+    run(main)
+
+
+def test_a_request_moved_on_by_the_checks_says_why() -> None:
+    from onnxfleet.orchestrator.health import HealthChecker
+
+    async def silent(reader: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
+        await read_request(reader)
+        return False
+
+    async def main() -> None:
+        async with Scripted(silent) as a:
+            fleet = Fleet([a.spec("a")], retries=0)
+            checker = HealthChecker(fleet.dispatcher, fleet.forwarder, HealthSpec(fall=1, rise=1))
+            _, done = fleet.send()
+            await asyncio.sleep(0.05)
+            checker.record(fleet.container("a"), "/readyz: no answer")
+            ex = await asyncio.wait_for(done, 2)
+            assert ex.error is not None
+            assert "a: a failed its health checks before answering (/readyz: no answer)" in ex.error.message
+
+    run(main)
