@@ -11,6 +11,12 @@ connections reset), ``drop`` (connection closed on each inference request, no an
 ``hang`` (never answers), ``vanish`` (neither inference nor ``/readyz`` answers: a stopped
 host, which sends no reset), ``unready`` (``/readyz`` 503). ``service_ms`` in the same body
 makes a port slow. A ``--control`` port (not a container) reaches every port by number.
+
+``--echo-model``: the ports serve a model named ``echo`` as the worker serves one (the same
+codec, answers and errors): input ``x`` (FP32, shape [-1, -1]) comes back as output ``y``,
+``n`` (INT64, [-1]) is each row's width; its first dimension is a batch. For batching
+tests: ``max_rows`` in the mode body refuses (422) calls with more rows, as a model with a
+smaller batch limit would.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ _REASONS = {
     200: "OK",
     400: "Bad Request",
     404: "Not Found",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Entity",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -55,6 +63,75 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--service-ms", type=float, default=5.0, help="service time (default: %(default)s)")
     parser.add_argument("--model-version", default="sim-1", help="X-Model-Version (default: %(default)s)")
+    parser.add_argument(
+        "--echo-model", action="store_true", help="answer inference as a worker serving the echo model"
+    )
+
+
+ECHO_NAME = "echo"
+ECHO_MODEL: dict[str, Any] = {
+    "name": ECHO_NAME,
+    "batch": True,
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}],
+    "outputs": [
+        {"name": "y", "datatype": "FP32", "shape": [-1, -1]},
+        {"name": "n", "datatype": "INT64", "shape": [-1]},
+    ],
+}
+
+
+class EchoModel:
+    """The echo model behind the worker's codec: what the worker would answer."""
+
+    def __init__(self) -> None:
+        from onnxfleet.oip import Signature, TensorSpec
+
+        def specs(key: str) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in ECHO_MODEL[key])
+
+        self.signature = Signature(specs("inputs"), specs("outputs"), batch=True)
+
+    def answer(self, port: Port, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes, bytes]:
+        """(status, body, extra head lines) for an inference request."""
+        import numpy as np
+
+        from onnxfleet import oip
+
+        identity = (ECHO_NAME, port.version)
+        try:
+            if path == "/run_model":
+                mimetype = headers.get("content-type", "").split(";")[0].strip().lower()
+                if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+                    raise oip.UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
+                feeds = oip.run_model.parse_request(body, self.signature)
+                request = None
+            else:
+                if path.split("/")[3] != ECHO_NAME:
+                    return (
+                        404,
+                        b'{"error":"no such model","code":"not_found"}',
+                        b"Content-Type: application/json\r\n",
+                    )
+                request = oip.parse_request(
+                    body, headers.get("inference-header-content-length"), self.signature
+                )
+                self.signature.check_outputs(request.output_names(self.signature))
+                feeds = request.inputs
+            x = feeds["x"]
+            if port.max_rows is not None and x.shape[0] > port.max_rows:
+                raise oip.InvalidInput(f"at most {port.max_rows} rows in one call")
+        except oip.CodecError as exc:
+            return exc.status, oip.jsonio.dumps(exc.body()), b"Content-Type: application/json\r\n"
+        outputs = {"y": x, "n": np.full(x.shape[0], x.shape[1], dtype=np.int64)}
+        if request is None:
+            return (
+                200,
+                oip.run_model.encode_response(outputs, *identity, port.name),
+                b"Content-Type: application/json\r\n",
+            )
+        wanted = {name: outputs[name] for name in request.output_names(self.signature)}
+        data, content = oip.encode_response(request, wanted, *identity, {"container": port.name})
+        return 200, data, b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in content.items())
 
 
 def _response(status: int, payload: Any, extra: bytes = b"") -> bytes:
@@ -68,8 +145,12 @@ def _response(status: int, payload: Any, extra: bytes = b"") -> bytes:
 class Port:
     """One fake container."""
 
-    def __init__(self, host: str, port: int, service_ms: float, version: str) -> None:
+    def __init__(
+        self, host: str, port: int, service_ms: float, version: str, echo: EchoModel | None = None
+    ) -> None:
         self.host, self.port = host, port
+        self.echo = echo
+        self.max_rows: int | None = None
         self.name = f"sim-{port}"
         self.service_ms = service_ms
         self.version = version
@@ -92,6 +173,7 @@ class Port:
             "port": self.port,
             "mode": self.mode,
             "service_ms": self.service_ms,
+            "max_rows": self.max_rows,
             "received": self.received,
             "served": self.served,
             "in_flight": self.inflight,
@@ -113,9 +195,10 @@ class Port:
         for conn in list(self.connections):
             conn.abort()
 
-    async def set_mode(self, mode: str, service_ms: float | None) -> None:
+    async def set_mode(self, mode: str, service_ms: float | None, max_rows: int | None = None) -> None:
         if service_ms is not None:
             self.service_ms = service_ms
+        self.max_rows = max_rows
         self.mode = mode
         if mode == "refuse":
             self.shut()
@@ -215,7 +298,7 @@ class _Conn(asyncio.Protocol):
     def _infer(self, port: Port, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         port.received += 1
         request_id = headers.get("x-request-id", "")
-        port.order.append(request_id)
+        port.order.extend(request_id.split(","))  # a merged call lists its requests' ids
         if port.mode == "drop":
             self.abort()
             return
@@ -224,6 +307,19 @@ class _Conn(asyncio.Protocol):
         port.max_inflight = max(port.max_inflight, port.inflight)
         if port.mode in ("hang", "vanish"):
             self.hanging = True
+            return
+        if port.echo is not None and port.mode != "fail" and method == "POST":
+            status, answer, content = port.echo.answer(port, path, headers, body)
+            extra = port.headers + content
+            if request_id:
+                extra += b"X-Request-Id: %s\r\n" % request_id.encode("latin-1")
+            head = b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\n\r\n" % (
+                status,
+                _REASONS.get(status, "").encode(),
+                extra,
+                len(answer),
+            )
+            self.loop.call_later(port.service_ms / 1000.0, self._finish, port, head + answer)
             return
         status = 500 if port.mode == "fail" else 200
         payload = {
@@ -281,7 +377,8 @@ class _Conn(asyncio.Protocol):
                 request = json.loads(body)
                 mode = request.get("mode", "ok")
                 service_ms = request.get("service_ms")
-                if mode not in MODES:
+                max_rows = request.get("max_rows")
+                if mode not in MODES or not (max_rows is None or type(max_rows) is int):
                     raise ValueError(mode)
             except (ValueError, AttributeError):
                 self._send(
@@ -289,20 +386,23 @@ class _Conn(asyncio.Protocol):
                 )
                 return
             self.busy = True  # answer only once the listener state has changed
-            self.loop.create_task(self._set_modes(ports, mode, service_ms))
+            self.loop.create_task(self._set_modes(ports, mode, service_ms, max_rows))
         else:
             self._send(_response(404, {"error": f"no route {path}", "code": "not_found"}))
 
-    async def _set_modes(self, ports: list[Port], mode: str, service_ms: float | None) -> None:
+    async def _set_modes(
+        self, ports: list[Port], mode: str, service_ms: float | None, max_rows: int | None
+    ) -> None:
         for p in ports:
-            await p.set_mode(mode, service_ms)
+            await p.set_mode(mode, service_ms, max_rows)
         self.busy = False
         self._send(_response(200, {"mode": mode, "ports": [p.port for p in ports]}))
         self._next()
 
 
 async def _main(args: argparse.Namespace) -> None:
-    ports = {port: Port(host, port, args.service_ms, args.model_version) for host, port in args.listen}
+    echo = EchoModel() if args.echo_model else None
+    ports = {port: Port(host, port, args.service_ms, args.model_version, echo) for host, port in args.listen}
     for p in ports.values():
         await p.open()
     if args.control is not None:

@@ -8,7 +8,11 @@ The stand-in fleet is real HTTP on loopback ports, served from a thread.
 server's own counts. Query parameters make it misbehave:
 
 - ``delay=S``: answer after S seconds;
-- ``fail_every=K``: every K-th request (by arrival) gets a 503.
+- ``fail_every=K``: every K-th request (by arrival) gets a 503;
+- ``answers=401:unauthorized,429:rate_limited,200``: requests take these answers in turn
+  (by arrival), a refusal as the error envelope ``{"error", "code"}``.
+
+``https_url`` serves the same over TLS with a certificate of ``ca_file``'s test CA.
 
 ``drop_url`` and ``reset_url`` are raw TCP listeners that read a request and then close
 the connection (FIN) or reset it (RST) without answering.
@@ -20,15 +24,20 @@ import asyncio
 import functools
 import random
 import socket
+import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from tests.edge.pki import make_pki
 
 CONTAINERS = ("worker-1/0", "worker-1/1", "worker-2/0", "worker-2/1", "worker-3/0")
 VERSIONS = ("1", "2")
@@ -61,15 +70,24 @@ class LoadServer:
         self.last_body = b""
         self.last_headers: dict[str, str] = {}
         self.raw_connections = 0
+        self.pki = make_pki(Path(tempfile.mkdtemp(prefix="onnxfleet-load-pki-")))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
         self._raw: list[asyncio.Server] = []
-        self.port = self.drop_port = self.reset_port = 0
+        self.port = self.https_port = self.drop_port = self.reset_port = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://localhost:{self.https_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki.ca_file
 
     @property
     def drop_url(self) -> str:
@@ -104,18 +122,20 @@ class LoadServer:
         try:
             await asyncio.sleep(float(request.query.get("delay", 0)))
             fail_every = int(request.query.get("fail_every", 0))
+            answers = request.query.get("answers", "200").split(",")
+            status, _, code = answers[(number - 1) % len(answers)].partition(":")
             with self.lock:
                 container = self.rng.choice(CONTAINERS)
                 version = self.rng.choice(VERSIONS)
                 wait_ms = round(self.rng.uniform(0, 20), 3)
-                status = 503 if fail_every and number % fail_every == 0 else 200
+                status = 503 if fail_every and number % fail_every == 0 else int(status)
                 self.statuses[status] += 1
                 self.containers[container] += 1
                 self.versions[version] += 1
             payload: dict[str, Any] = (
                 {"prediction": 0, "container": container, "version": version}
                 if status == 200
-                else {"error": "overloaded", "reason": "test server fails every %d" % fail_every}
+                else {"error": "refused by the test server", "code": code or "overloaded"}
             )
             headers = {"X-Container": container, "X-Model-Version": version, "X-Queue-Wait-Ms": str(wait_ms)}
             return web.json_response(payload, status=status, headers=headers)
@@ -142,6 +162,11 @@ class LoadServer:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(self.pki.pem_file)
+        secure = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=tls)
+        await secure.start()
+        self.https_port = secure._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         for rst in (False, True):
             server = await asyncio.start_server(functools.partial(self._raw_client, rst=rst), "127.0.0.1", 0)
             self._raw.append(server)

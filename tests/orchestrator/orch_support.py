@@ -47,7 +47,7 @@ def call(
 class SimFleet:
     """One sim-backend process: ``size`` fake containers and a control port."""
 
-    def __init__(self, size: int, service_ms: float) -> None:
+    def __init__(self, size: int, service_ms: float, echo: bool = False) -> None:
         self.ports = [free_port() for _ in range(size)]
         self.control = free_port()
         self.service_ms = service_ms
@@ -60,6 +60,7 @@ class SimFleet:
                 f"127.0.0.1:{self.control}",
                 "--service-ms",
                 str(service_ms),
+                *(["--echo-model"] if echo else []),
             ],
             self.control,
             ready_path="/stats",
@@ -76,10 +77,14 @@ class SimFleet:
     def stats(self, index: int) -> dict[str, Any]:
         return self._control("/stats", None)[str(self.ports[index])]
 
-    def mode(self, index: int, mode: str, service_ms: float | None = None) -> None:
+    def mode(
+        self, index: int, mode: str, service_ms: float | None = None, max_rows: int | None = None
+    ) -> None:
         body: dict[str, Any] = {"port": self.ports[index], "mode": mode}
         if service_ms is not None:
             body["service_ms"] = service_ms
+        if max_rows is not None:
+            body["max_rows"] = max_rows
         self._control("/admin/mode", body)
 
     def reset(self) -> None:

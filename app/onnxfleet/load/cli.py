@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
@@ -21,6 +22,7 @@ from onnxfleet.load.sample import DEFAULT_PATH
 if TYPE_CHECKING:
     from onnxfleet.load.runner import LoadPlan
 
+TOKEN_ENV = "ONNXFLEET_TOKEN"
 # RFC 9110 field-name characters
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 EXAMPLES = """\
@@ -28,6 +30,7 @@ examples:
   onnxfleet load --url http://127.0.0.1:8080 -n 100 -c 5      the seeds' experiment
   onnxfleet load --url http://orchestrator -n 0 --duration 60 -c 16 --json out.json
   onnxfleet load --url http://10.0.1.11:5000/run_model --rate 50 --duration 30
+  onnxfleet load --url https://127.0.0.1:8443 --cacert ca.pem --token-file token -n 100 -c 5
 """
 
 
@@ -72,8 +75,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-H", "--header", action="append", default=[], metavar="NAME:VALUE", help="extra header (repeatable)"
     )
     token = parser.add_mutually_exclusive_group()
-    token.add_argument("--token", help="bearer token (visible in `ps`; prefer --token-file)")
-    token.add_argument("--token-file", type=Path, metavar="FILE", help="read the bearer token from FILE")
+    token.add_argument("--token", help=f"bearer token (visible in `ps`; prefer --token-file or ${TOKEN_ENV})")
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"read the bearer token from FILE (default: ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="verify the https:// server against the CA certificate(s) in FILE (PEM) instead of the system's",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE (- for stdout)")
     parser.add_argument(
         "--json-requests",
@@ -119,7 +132,7 @@ def _headers(values: list[str]) -> dict[str, str]:
 
 def _token(args: argparse.Namespace) -> str | None:
     if args.token_file is None:
-        return args.token
+        return args.token or os.environ.get(TOKEN_ENV) or None
     try:
         return args.token_file.read_text().strip() or None
     except OSError as exc:
@@ -153,6 +166,7 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
             token=_token(args),
             timeout=args.timeout,
             rate=args.rate,
+            cacert=args.cacert,
             **({"body": body} if body is not None else {}),
         )
     except ValueError as exc:

@@ -68,9 +68,25 @@ def summarize(results: Results) -> dict[str, Any]:
         "queue_wait_ms": _spread(waits, ("p50", "p90", "p99", "max")),
         "status_codes": _counts([r.status for r in answered]),
         "errors": _counts([r.error for r in records if r.error]),
+        # non-2xx answers by status and error code: "401 unauthorized", "429 rate_limited"
+        "refusals": _counts([f"{r.status} {r.code or ''}".strip() for r in answered if not r.ok]),
         "containers": _counts([r.container for r in answered if r.container]),
         "versions": _counts([r.version for r in answered if r.version]),
     }
+
+
+# what a refusal or an error usually means for the person running the load
+_HINTS = {
+    "401": "401: the token is missing or not accepted (--token-file, $ONNXFLEET_TOKEN)",
+    "429 rate_limited": "429 rate_limited: the edge limits requests per client address (Retry-After)",
+    "429 queue_full": "429 queue_full: the orchestrator's queue is full; the fleet is at capacity",
+    "tls": "tls: the server's certificate was not verified; pass the fleet's CA with --cacert",
+}
+
+
+def _hints(summary: dict[str, Any]) -> list[str]:
+    seen = {word for name in [*summary["refusals"], *summary["errors"]] for word in (name, name.split()[0])}
+    return [hint for key, hint in _HINTS.items() if key in seen]
 
 
 def _shares(counts: dict[str, int]) -> list[str]:
@@ -100,10 +116,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     waits = summary["queue_wait_ms"]
     if waits:
         lines.append(("queue wait ms", ["  ".join(f"{key} {value:.1f}" for key, value in waits.items())]))
-    for label, key in (("status codes", "status_codes"), ("errors", "errors")):
-        lines.append(
-            (label, ["  ".join(f"{name} x{count}" for name, count in summary[key].items()) or "none"])
-        )
+    for label, key in (("status codes", "status_codes"), ("errors", "errors"), ("refusals", "refusals")):
+        counts = "  ".join(f"{name} x{count}" for name, count in summary[key].items())
+        if counts or key != "refusals":
+            lines.append((label, [counts or "none"]))
+    hints = _hints(summary)
+    if hints:
+        lines.append(("hints", hints))
     for label, key in (("containers", "containers"), ("model versions", "versions")):
         if summary[key]:
             lines.append((label, _shares(summary[key])))

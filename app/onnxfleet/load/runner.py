@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 import threading
@@ -63,9 +64,14 @@ class LoadPlan:
     token: str | None = field(default=None, repr=False)
     timeout: float = 30.0
     rate: float | None = None  # open loop: request i starts at i/rate s (at most `concurrency` at once)
+    cacert: str | None = None  # PEM file of the CA(s) an https:// server must chain to (else the system's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", target_url(self.url))
+        if self.cacert is not None:
+            if not self.url.startswith("https://"):
+                raise ValueError(f"a CA certificate is only used with an https:// URL, got {self.url!r}")
+            self.ssl_context()  # a missing or malformed file is a mistake in the plan
         if self.n is not None and self.n < 0:
             raise ValueError(f"the request count must be 0 (unlimited) or more, got {self.n}")
         if self.concurrency < 1:
@@ -79,6 +85,18 @@ class LoadPlan:
     def limit(self) -> int | None:
         """The request count, None when unlimited."""
         return self.n or None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The context that verifies the server against ``cacert`` (None: aiohttp's default,
+        the system's CAs)."""
+        if self.cacert is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=self.cacert)
+        except ssl.SSLError:  # before OSError, its base class
+            raise ValueError(f"expected PEM certificates in {self.cacert!r}") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read the CA certificate {self.cacert!r}: {exc.strerror}") from None
 
     def request_headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", **self.headers}
@@ -99,6 +117,7 @@ class RequestRecord:
     queue_wait_ms: float | None = None  # X-Queue-Wait-Ms
     error: str | None = None  # connect_refused, timeout, reset, disconnected...
     detail: str | None = None  # the exception, or the start of a non-2xx body
+    code: str | None = None  # a non-2xx answer's {"error", "code"}: unauthorized, rate_limited...
 
     @property
     def ok(self) -> bool:
@@ -178,6 +197,15 @@ def classify_error(exc: BaseException) -> str:  # noqa: PLR0911 (one return per 
     return "other"
 
 
+def _error_code(payload: bytes) -> str | None:
+    """The ``code`` of an error envelope ``{"error": ..., "code": ...}``, if the body is one."""
+    try:
+        code = json.loads(payload).get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
 def _header_float(value: str | None) -> float | None:
     try:
         return float(value) if value is not None else None
@@ -208,6 +236,7 @@ async def _send(session: aiohttp.ClientSession, plan: LoadPlan, t0: float) -> Re
         version=headers.get("X-Model-Version"),
         queue_wait_ms=_header_float(headers.get("X-Queue-Wait-Ms")),
         detail=None if ok else payload[:_DETAIL_CHARS].decode(errors="replace"),
+        code=None if ok else _error_code(payload),
     )
 
 
@@ -255,7 +284,8 @@ async def _execute(
             await asyncio.sleep(progress_interval)
             callback(progress())
 
-    connector = aiohttp.TCPConnector(limit=plan.concurrency)
+    context = plan.ssl_context()
+    connector = aiohttp.TCPConnector(limit=plan.concurrency, ssl=True if context is None else context)
     timeout = aiohttp.ClientTimeout(total=plan.timeout)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, headers=plan.request_headers()

@@ -31,6 +31,7 @@ class Admin:
         if o.settings.api_tokens_path is not None:
             tokens = Tokens(load_tokens(o.settings.api_tokens_path), o.tokens.raw_token)
         changes = o.dispatcher.apply(table.containers, table.queue, o.drains.drained)
+        o.batcher.configure(table.model, table.batching)
         o.health.sync(table.health)
         o.table, o.tokens = table, tokens
         log.info("routing table reloaded", extra={**changes, "api_tokens": len(tokens.hashed)})

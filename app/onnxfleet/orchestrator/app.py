@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxfleet.orchestrator.admin import Admin
+from onnxfleet.orchestrator.batching import BatchCollector, Batcher
 from onnxfleet.orchestrator.dispatcher import Dispatcher
 from onnxfleet.orchestrator.errors import BadRequest, HTTPError, NotFound, ShuttingDown, Unauthorized
 from onnxfleet.orchestrator.exchange import Exchange, Forwarder
@@ -89,6 +90,8 @@ class Orchestrator:
         self.forwarder = Forwarder(self.dispatcher, settings.upstream_timeout_s, settings.retries)
         self.health = HealthChecker(self.dispatcher, self.forwarder, table.health)
         self.metrics = Metrics(self.dispatcher, self.forwarder)
+        self.batcher = Batcher(self.dispatcher, self.forwarder, settings.max_body_bytes)
+        self.metrics.registry.register(BatchCollector(self.batcher))
         self.jobs = JobStore(settings.job_ttl_s, settings.max_jobs)
         self.history = History(lambda: len(self.dispatcher.queue))
         self.drains = DrainState(settings.state_dir)
@@ -145,6 +148,7 @@ class Orchestrator:
         gc.set_threshold(50_000, 50, 100)
         self.drains.refresh()
         self.dispatcher.apply(self.table.containers, self.table.queue, self.drains.drained)
+        self.batcher.configure(self.table.model, self.table.batching)
         self.health.sync(self.table.health)
         # the first round of checks before accepting requests: a process that starts (or
         # replaces another) must not refuse them as "no ready container" meanwhile
@@ -237,8 +241,9 @@ class Orchestrator:
             raise Unauthorized()
 
     def _view_guard(self, request: Request) -> None:
-        """/status, /metrics and the dashboard on the API listener: any valid token."""
-        if self.tokens.open and self.admin_tokens.open:
+        """/status, /metrics and the dashboard on the API listener: as open as the API itself
+        (with client tokens configured, any valid client or admin token)."""
+        if self.tokens.open:
             return
         authorization = request.header(b"authorization")
         if self.tokens.check(authorization) is None and self.admin_tokens.check(authorization) is None:
@@ -314,6 +319,8 @@ class Orchestrator:
         method = "GET" if request.method == "HEAD" else request.method
         data = request_bytes(method, request.raw_path, request.headers, request.body)
         ex = Exchange(data, caller.deadline, done)
+        if self.dispatcher.batcher is not None:
+            ex.part = self.batcher.part(request)
         try:
             self.dispatcher.submit(ex)
         except HTTPError as exc:
@@ -334,6 +341,8 @@ class Orchestrator:
             caller.deadline,
             lambda ex: self._job_done(job, ex, caller.who),
         )
+        if self.dispatcher.batcher is not None:
+            ex.part = self.batcher.part(request, job=True)
         self.dispatcher.submit(ex)  # refusals (queue full, no container) are the answer
         job.exchange = ex
         position = self.dispatcher.position(ex)

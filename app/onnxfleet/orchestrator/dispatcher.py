@@ -17,11 +17,15 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from onnxfleet.orchestrator.errors import HTTPError, NoContainer, QueueFull, QueueTimeout
-from onnxfleet.orchestrator.exchange import Exchange
+from onnxfleet.orchestrator.exchange import Batch, Exchange
 from onnxfleet.orchestrator.roster import Container, Drained, Roster
 from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec
+
+if TYPE_CHECKING:
+    from onnxfleet.orchestrator.batching import Batcher
 
 
 class Dispatcher:
@@ -40,6 +44,7 @@ class Dispatcher:
         self._rr = 0
         self.service_ewma_s = 0.0  # recent service time, for Retry-After estimates
         self.rejected: dict[str, int] = {}
+        self.batcher: Batcher | None = None  # set while batching is on (batching.py)
 
     # -- choosing a slot ------------------------------------------------------------------
     def _pick(self) -> Container | None:
@@ -86,14 +91,22 @@ class Dispatcher:
 
         ``priority`` puts a re-sent request at the head of the queue (it waited its turn).
         """
+        if isinstance(ex, Batch):  # sent again: its members wait again, at the head, in order
+            for m in ex.members:
+                m.attempts, m.ejected = ex.attempts, ex.ejected
+            self.requeue(ex.members)
+            return
+        batcher = self.batcher if ex.part is not None else None
         if not self.queue:
             c = self._pick()
             if c is not None:
-                self._start(ex, c)
-                return
+                if batcher is None or self.queue_spec.max_length == 0:
+                    self._start(ex, c)
+                    return
+                batcher.hold()
             # checked only here: a queue implies an accepting container (changed()
             # fails the whole queue when the last one stops accepting)
-            if not self.any_accepting():
+            elif not self.any_accepting():
                 raise self._count(NoContainer("no container is ready to serve", retry_after=1))
         if not priority:
             if len(self.queue) >= self.queue_spec.max_length:
@@ -102,6 +115,15 @@ class Dispatcher:
             if self.queue_bytes + ex.size > self.max_queue_bytes:
                 full = f"the queue is full ({self.queue_bytes} bytes of requests waiting): retry later"
                 raise self._count(QueueFull(full, retry_after=self.retry_after()))
+        self._enqueue(ex, priority)
+        if priority:
+            self.dispatch()
+        elif batcher is not None:
+            batcher.queued()
+
+    def _enqueue(self, ex: Exchange, head: bool) -> None:
+        """Into the queue (at its head for a re-send), with its timer: the queue timeout or
+        its deadline, whichever comes first; raises QueueTimeout when that has passed."""
         now = time.monotonic()
         wait = self.queue_spec.timeout_s - ex.waited
         by_deadline = ex.deadline is not None and ex.deadline - now < wait
@@ -116,9 +138,24 @@ class Dispatcher:
         ex.timer = asyncio.get_running_loop().call_later(wait, self._expire, ex, by_deadline)
         self.queue[key] = ex
         self.queue_bytes += ex.size
-        if priority:
+        if head:
             self.queue.move_to_end(key, last=False)
-            self.dispatch()
+
+    def requeue(self, members: list[Exchange]) -> None:
+        """Requests of a batch that must go again (its call reached no container, or they go
+        one by one): back at the head of the queue, in their order, whatever its bounds."""
+        for ex in reversed(members):
+            if ex.done:
+                continue
+            if ex.timer is not None:  # the deadline timer it had at the container
+                ex.timer.cancel()
+                ex.timer = None
+            ex.container = None
+            try:
+                self._enqueue(ex, head=True)
+            except HTTPError as exc:
+                ex.finish(None, exc)
+        self.changed()
 
     def withdraw(self, ex: Exchange) -> None:
         """The client left: a queued request leaves the queue (one in flight runs on)."""
@@ -174,16 +211,24 @@ class Dispatcher:
         """The first queued request still worth sending, out of the queue."""
         while self.queue:
             ex = next(iter(self.queue.values()))
-            self._unqueue(ex)
-            now = time.monotonic()
-            ex.waited += now - ex.queued_at
-            if ex.deadline is not None and ex.deadline <= now:  # its timer had no turn yet
-                ex.finish(None, self._count(self._timeout(True)))
-                continue
-            return ex
+            if self.take(ex):
+                return ex
         return None
 
+    def take(self, ex: Exchange) -> bool:
+        """``ex`` out of the queue to be sent; False when its deadline passed meanwhile (its
+        timer had no turn yet): it is answered instead."""
+        self._unqueue(ex)
+        now = time.monotonic()
+        ex.waited += now - ex.queued_at
+        if ex.deadline is not None and ex.deadline <= now:
+            ex.finish(None, self._count(self._timeout(True)))
+            return False
+        return True
+
     def _start(self, ex: Exchange, c: Container) -> None:
+        if ex.part is not None and self.batcher is not None:
+            ex = self.batcher.gather(ex, c)
         c.inflight += 1
         c.endpoint.inflight += 1
         ex.container = c

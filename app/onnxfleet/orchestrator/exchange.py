@@ -36,6 +36,7 @@ from onnxfleet.orchestrator.upstream import (
 
 if TYPE_CHECKING:
     from onnxfleet.orchestrator.dispatcher import Dispatcher
+    from onnxfleet.orchestrator.merging import Part
     from onnxfleet.orchestrator.roster import Container
 
 
@@ -53,6 +54,7 @@ class Exchange:
         "error",
         "key",
         "on_done",
+        "part",
         "queued_at",
         "response",
         "sent_at",
@@ -78,6 +80,7 @@ class Exchange:
         self.done = False
         self.response: Response | None = None
         self.error: HTTPError | None = None
+        self.part: Part | None = None  # what batching knows of it (None: forwarded as it is)
 
     def finish(self, response: Response | None, error: HTTPError | None) -> None:
         """The outcome for the client (once; later calls change nothing)."""
@@ -99,12 +102,29 @@ class Exchange:
             self.timer.cancel()
             self.timer = None
         self.data = b""  # the request bytes are not needed anymore (memory: jobs keep outcomes)
+        self.part = None
         on_done, self.on_done = self.on_done, _ignore  # no cycle through the client's callback
         return on_done
 
 
 def _ignore(_ex: Exchange) -> None:
     pass
+
+
+class Batch(Exchange):
+    """Queued requests merged into one container call (batching.py): one slot, one answer
+    that ``on_done`` splits for its members."""
+
+    __slots__ = ("members", "parts")
+
+    def __init__(
+        self, data: bytes, members: list[Exchange], parts: list[Part], on_done: Callable[[Exchange], None]
+    ) -> None:
+        super().__init__(data, None, on_done)
+        self.members = members
+        self.parts = parts  # kept here: a member that ends drops its own
+        self.attempts = max(m.attempts for m in members)  # re-sends left: the fewest of its members'
+        self.ejected = any(m.ejected for m in members)
 
 
 class Forwarder:
@@ -128,7 +148,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         ex.sent_at = now = time.monotonic()
         if ex.deadline is not None and ex.timer is None:
-            ex.timer = loop.call_later(ex.deadline - now, self._deadline_passed, ex)
+            ex.timer = loop.call_later(ex.deadline - now, self.deadline_passed, ex)
         conn = c.endpoint.pool.take_idle()
         if conn is not None:
             c.endpoint.sending.add(conn)
@@ -149,7 +169,7 @@ class Forwarder:
         c.endpoint.sending.add(conn)
         conn.send(ex.data, self.upstream_timeout, self._on_answer, ex, c)
 
-    def _deadline_passed(self, ex: Exchange) -> None:
+    def deadline_passed(self, ex: Exchange) -> None:
         ex.timer = None
         assert ex.container is not None
         name = ex.container.name

@@ -38,6 +38,7 @@ class Observe:
                 "timeout_s": d.queue_spec.timeout_s,
             },
             "service_time_ms": round(d.service_ewma_s * 1000.0, 3),
+            "batching": o.batcher.status(),
             "totals": {
                 "answered": sum(by_code.values()),
                 "by_status": {str(k): v for k, v in sorted(by_code.items())},

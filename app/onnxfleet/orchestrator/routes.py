@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from onnxfleet.oip import DATATYPES, Signature, TensorSpec
+
 
 class RoutesError(ValueError):
     """The routing table is unreadable or invalid (the message says where and why)."""
@@ -45,14 +47,32 @@ class HealthSpec:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """What the containers serve (from the model card): requests are merged only for it."""
+
+    name: str
+    signature: Signature  # .batch: the first dimension of every tensor is a batch of rows
+
+
+@dataclass(frozen=True)
+class BatchingSpec:
+    max_batch_size: int = 32  # rows in one container call at most
+    # how long a request that could go at once waits for others (0: the event-loop turn)
+    max_delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class RoutingTable:
     containers: tuple[ContainerSpec, ...]
     queue: QueueSpec = field(default_factory=QueueSpec)
     health: HealthSpec = field(default_factory=HealthSpec)
+    model: ModelSpec | None = None
+    batching: BatchingSpec | None = None  # asked for; on only when the model batches
 
 
 _CONTAINER_KEYS = {"name", "url", "node", "max_concurrency"}
-_TOP_KEYS = {"containers", "queue", "health"}
+_TOP_KEYS = {"containers", "queue", "health", "model", "batching"}
+_MAX_DELAY_MS = 1000
 
 
 def _int(where: str, value: Any, minimum: int) -> int:
@@ -112,6 +132,67 @@ def _container(where: str, raw: Any) -> ContainerSpec:
     )
 
 
+def _tensors(where: str, value: Any, batch: bool) -> tuple[TensorSpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise RoutesError(f"{where}: expected a non-empty list of {{name, datatype, shape}}")
+    specs: list[TensorSpec] = []
+    for i, item in enumerate(value):
+        here = f"{where}[{i}]"
+        raw = _object(here, item, {"name", "datatype", "shape"})
+        for key in ("name", "datatype", "shape"):
+            if key not in raw:
+                raise RoutesError(f"{here}: missing required field {key!r}")
+        name = _str(f"{here}.name", raw["name"])
+        if raw["datatype"] not in DATATYPES:
+            raise RoutesError(f"{here}.datatype: expected one of {list(DATATYPES)}, got {raw['datatype']!r}")
+        shape = raw["shape"]
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape
+        ):
+            raise RoutesError(f"{here}.shape: expected a list of integers >= -1 (-1: any), got {shape!r}")
+        if batch and (not shape or shape[0] != -1):
+            raise RoutesError(
+                f"{here}.shape: a model with batch: true has a first dimension -1 (the batch) in "
+                f"every input and output, got {shape!r}"
+            )
+        if any(s.name == name for s in specs):
+            raise RoutesError(f"{here}.name: duplicate name {name!r}")
+        specs.append(TensorSpec(name, raw["datatype"], tuple(shape)))
+    return tuple(specs)
+
+
+def _model(where: str, raw: Any) -> ModelSpec:
+    raw = _object(where, raw, {"name", "batch", "inputs", "outputs"})
+    for key in ("name", "inputs", "outputs"):
+        if key not in raw:
+            raise RoutesError(f"{where}: missing required field {key!r}")
+    batch = raw.get("batch", False)
+    if not isinstance(batch, bool):
+        raise RoutesError(f"{where}.batch: expected true or false, got {batch!r}")
+    inputs = _tensors(f"{where}.inputs", raw["inputs"], batch)
+    outputs = _tensors(f"{where}.outputs", raw["outputs"], batch)
+    return ModelSpec(_str(f"{where}.name", raw["name"]), Signature(inputs, outputs, batch))
+
+
+def _batching(where: str, raw: Any) -> BatchingSpec:
+    raw = _object(where, raw, {"max_batch_size", "max_delay_ms"})
+    default = BatchingSpec()
+    delay = raw.get("max_delay_ms", default.max_delay_s * 1000)
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, int | float)
+        or not math.isfinite(delay)
+        or not 0 <= delay <= _MAX_DELAY_MS
+    ):
+        raise RoutesError(
+            f"{where}.max_delay_ms: expected milliseconds from 0 to {_MAX_DELAY_MS}, got {delay!r}"
+        )
+    return BatchingSpec(
+        max_batch_size=_int(f"{where}.max_batch_size", raw.get("max_batch_size", default.max_batch_size), 1),
+        max_delay_s=delay / 1000.0,
+    )
+
+
 def parse_table(
     data: Any, source: str = "<routes>", health_defaults: HealthSpec | None = None
 ) -> RoutingTable:
@@ -148,7 +229,14 @@ def parse_table(
             fall=_int(f"{where}.fall", raw.get("fall", health.fall), 1),
             rise=_int(f"{where}.rise", raw.get("rise", health.rise), 1),
         )
-    return RoutingTable(containers=containers, queue=queue, health=health)
+    model = _model(f"{source}: model", top["model"]) if "model" in top else None
+    batching = _batching(f"{source}: batching", top["batching"]) if "batching" in top else None
+    if batching is not None and model is None:
+        raise RoutesError(
+            f"{source}: batching: needs the model's signature: a 'model' object "
+            "{name, batch, inputs, outputs} from its card"
+        )
+    return RoutingTable(containers=containers, queue=queue, health=health, model=model, batching=batching)
 
 
 def load_table(path: str | Path, health_defaults: HealthSpec | None = None) -> RoutingTable:
