@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.parsing.convert_bool import boolean
 
 # The per-node shape: a host variable of a worker node wins over the fleet-wide value.
 _SHAPE = (
@@ -50,13 +51,30 @@ def _required(host, variables, name):
     return str(value)
 
 
-def routing_table(hosts, hostvars, *, containers, base_port, max_concurrency, queue, health=None):
+def _batching(batching, card):
+    """The table's ``model`` (the card's signature) and ``batching`` objects."""
+    missing = [key for key in ("name", "inputs", "outputs") if key not in (card or {})]
+    if missing:
+        raise AnsibleFilterError(
+            "routing_table: batching needs the model card's name, inputs and outputs; the card "
+            "has no %s (give them, or set fleet_batching.enabled: false)" % ", ".join(missing)
+        )
+    model = {key: card[key] for key in ("name", "inputs", "outputs")}
+    model["batch"] = card.get("batch", False) is True
+    return model, {key: batching[key] for key in ("max_batch_size", "max_delay_ms") if key in batching}
+
+
+def routing_table(
+    hosts, hostvars, *, containers, base_port, max_concurrency, queue, health=None, batching=None, card=None
+):
     """The orchestrator's routing table (docs/design.md) for the worker nodes ``hosts``.
 
     Every node gives ``<containers>`` containers on consecutive ports from ``<base_port>``
     at its ``fleet_private_address``, named ``<fleet_node>/<index>``; a node's own
     ``fleet_worker_containers``, ``fleet_worker_base_port`` and
     ``fleet_worker_max_concurrency`` host variables win over the fleet-wide values given.
+    With ``batching`` enabled (``fleet_batching``), the table also has the model card's
+    signature and the batching settings.
     """
     fleet_wide = {"containers": containers, "base_port": base_port, "max_concurrency": max_concurrency}
     nodes = []
@@ -81,6 +99,8 @@ def routing_table(hosts, hostvars, *, containers, base_port, max_concurrency, qu
     table = {"containers": entries, "queue": dict(queue)}
     if health:
         table["health"] = dict(health)
+    if batching and boolean(batching.get("enabled", False)):
+        table["model"], table["batching"] = _batching(batching, card)
     return table
 
 

@@ -75,6 +75,44 @@ def test_the_orchestrator_accepts_what_the_filter_builds() -> None:
     assert (parsed.health.interval_s, parsed.health.fall) == (2.0, 3)
 
 
+CARD = json.loads((ROOT / "app" / "models" / "digits.json").read_text())
+BATCHING = {"enabled": True, "max_batch_size": 16, "max_delay_ms": 2}
+
+
+def test_batching_on_puts_the_cards_signature_and_the_settings_in_the_table() -> None:
+    built = table(["fleet-worker-1"], batching=BATCHING, card=CARD)
+    assert built["model"] == {
+        "name": "digits",
+        "batch": True,
+        "inputs": CARD["inputs"],
+        "outputs": CARD["outputs"],
+    }
+    assert built["batching"] == {"max_batch_size": 16, "max_delay_ms": 2}
+    parsed = parse_table(json.loads(json.dumps(built)), "filter")
+    assert parsed.model is not None and parsed.model.name == "digits" and parsed.model.signature.batch
+    assert parsed.batching is not None
+    assert (parsed.batching.max_batch_size, parsed.batching.max_delay_s) == (16, 0.002)
+
+
+def test_batching_off_leaves_model_and_batching_out() -> None:
+    built = table(["fleet-worker-1"], batching=BATCHING | {"enabled": False}, card=CARD)
+    assert set(built) == {"containers", "queue"}
+    parsed = parse_table(built, "filter")
+    assert (parsed.model, parsed.batching) == (None, None)
+
+
+def test_a_card_without_batch_gives_a_model_that_does_not_batch() -> None:
+    card = {key: value for key, value in CARD.items() if key != "batch"}
+    built = table(["fleet-worker-1"], batching=BATCHING, card=card)
+    assert built["model"]["batch"] is False
+    assert parse_table(built, "filter").model.signature.batch is False  # type: ignore[union-attr]
+
+
+def test_batching_without_the_cards_signature_says_what_is_missing() -> None:
+    with pytest.raises(AnsibleFilterError, match="the card has no inputs, outputs .*fleet_batching.enabled: false"):
+        table(["fleet-worker-1"], batching=BATCHING, card={"name": "digits"})
+
+
 @pytest.mark.parametrize(
     ("variables", "message"),
     [
@@ -136,13 +174,15 @@ PLAYBOOK = """
 
 def test_the_role_template_renders_from_an_inventory_alone(tmp_path: Path) -> None:
     """The one-line template with the orchestrator role's variables: worker-10 gets the
-    fleet-wide 2 containers, worker-2 its own 3 from port 6000."""
+    fleet-wide 2 containers, worker-2 its own 3 from port 6000; batching is on
+    (the fleet-wide default) with the card of fleet_model_file."""
     (tmp_path / "inventory.yml").write_text(INVENTORY)
     (tmp_path / "group_vars").mkdir()
     shutil.copy(ROOT / "inventory" / "group_vars" / "all.yml", tmp_path / "group_vars" / "all.yml")
     playbook = tmp_path / "render.yml"
     playbook.write_text(PLAYBOOK.format(role=ROOT / "roles" / "orchestrator", out=tmp_path))
-    proc = run(["ansible-playbook", "-i", str(tmp_path / "inventory.yml"), str(playbook)])
+    model = ["-e", f"fleet_model_file={ROOT / 'app' / 'models' / 'digits.onnx'}"]
+    proc = run(["ansible-playbook", "-i", str(tmp_path / "inventory.yml"), *model, str(playbook)])
     assert proc.returncode == 0, explain(proc)
     rendered = json.loads((tmp_path / "routes.json").read_text())
     assert [c["url"] for c in rendered["containers"]] == [
@@ -153,4 +193,8 @@ def test_the_role_template_renders_from_an_inventory_alone(tmp_path: Path) -> No
         "http://10.0.1.20:5001",
     ]
     assert rendered["queue"] == QUEUE
-    assert len(parse_table(rendered, "rendered").containers) == 5
+    assert rendered["batching"] == {"max_batch_size": 32, "max_delay_ms": 0}
+    assert rendered["model"]["name"] == CARD["name"]
+    parsed = parse_table(rendered, "rendered")
+    assert len(parsed.containers) == 5
+    assert parsed.model is not None and parsed.model.signature.batch
