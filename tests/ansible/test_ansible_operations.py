@@ -187,11 +187,27 @@ class Watched:
     def results(self) -> Results:
         return self.load.results
 
-    def check(self, name: str, must_drain: frozenset[str] = frozenset(), **extra: Any) -> None:
+    def check(
+        self,
+        name: str,
+        must_drain: frozenset[str] = frozenset(),
+        stopped: str = "",
+        slots: int = 0,
+        **extra: Any,
+    ) -> None:
         """Report, then: no failed request, the nodes named were drained, and no request
-        went to a draining container."""
+        went to a draining container. A node or container ``stopped`` without a drain may
+        cost what it held at that instant (docs/orchestrator.md: a request sent is never
+        re-sent): a 502 from it, at most one per slot (``slots``)."""
         report(name, self.results, time.monotonic() - self.started, self.sampler, **extra)
-        assert self.results.failed == 0, [r.to_json() for r in self.results.records if not r.ok][:5]
+        failed = [r for r in self.results.records if not r.ok]
+        lost = [
+            r
+            for r in failed
+            if r.status == 502 and stopped and stopped in (r.container, (r.container or "").split("/")[0])
+        ]
+        assert len(failed) == len(lost), [r.to_json() for r in failed][:5]
+        assert len(lost) <= slots, [r.to_json() for r in lost]
         assert must_drain <= self.sampler.drained_nodes(), self.sampler.drained_nodes()
         assert drain_violations(self.sampler, self.results) == []
 
@@ -309,7 +325,7 @@ def test_site_yml_after_a_rollout_keeps_it_and_a_new_node_joins_at_it(ops: Deplo
         down = lambda: [serving(ops).get(f"worker-2/{i}") for i in (0, 1)] == ["down"] * 2  # noqa: E731
         wait_until("its containers are down", down, 30)
         more_answers(watched.load, 120)  # three seconds of traffic without it
-    watched.check("worker node stopped")
+    watched.check("worker node stopped", stopped="worker-2", slots=2)
 
     docker("start", stopped)
     with under_load(ops) as watched:
@@ -357,15 +373,19 @@ def test_a_broken_model_stops_the_rollout_and_the_node_is_restored(
 
 def test_a_killed_worker_container_costs_no_request(ops: DeployedFleet) -> None:
     node = f"{ops.name}-worker-3"
+
+    def restarts() -> int:
+        return int(docker("exec", node, "docker", "inspect", "-f", "{{.RestartCount}}", "onnxfleet-worker-1"))
+
+    before = restarts()
     with under_load(ops) as watched:
         pid = docker("exec", node, "docker", "inspect", "-f", "{{.State.Pid}}", "onnxfleet-worker-1")
         docker("exec", node, "sh", "-c", f"kill -KILL {pid}")  # a crash: the restart policy applies
-        wait_until("it is down", lambda: serving(ops).get("worker-3/1") == "down", 30)
-        wait_until(
-            "it is back (restart policy)", lambda: serving(ops).get("worker-3/1") in ("ready", "busy"), 90
-        )
-    watched.check("worker container killed")
-    assert docker("exec", node, "docker", "inspect", "-f", "{{.RestartCount}}", "onnxfleet-worker-1") != "0"
+        # (the engine may restart it within the orchestrator's two failed checks, unseen)
+        wait_until("it is restarted (restart policy)", lambda: restarts() > before, 30)
+        wait_until("it serves again", lambda: serving(ops).get("worker-3/1") in ("ready", "busy"), 90)
+        more_answers(watched.load, 120)
+    watched.check("worker container killed", stopped="worker-3/1", slots=1)
 
 
 def test_scale_in_drains_the_nodes_before_they_go(ops: DeployedFleet) -> None:
