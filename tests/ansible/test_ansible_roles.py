@@ -59,7 +59,11 @@ def variables_of(role: Path) -> set[str]:
     """The variables a role defines: its defaults, its vars, the options it describes."""
     specs = (load(role / "meta" / "argument_specs.yml") or {}).get("argument_specs", {})
     described = {name for entry in specs.values() for name in entry.get("options") or {}}
-    return described | set(load(role / "defaults" / "main.yml") or {}) | set(load(role / "vars" / "main.yml") or {})
+    return (
+        described
+        | set(load(role / "defaults" / "main.yml") or {})
+        | set(load(role / "vars" / "main.yml") or {})
+    )
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)

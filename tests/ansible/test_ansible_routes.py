@@ -89,7 +89,9 @@ def test_batching_on_puts_the_cards_signature_and_the_settings_in_the_table() ->
     }
     assert built["batching"] == {"max_batch_size": 16, "max_delay_ms": 2}
     parsed = parse_table(json.loads(json.dumps(built)), "filter")
-    assert parsed.model is not None and parsed.model.name == "digits" and parsed.model.signature.batch
+    assert parsed.model is not None
+    assert parsed.model.name == "digits"
+    assert parsed.model.signature.batch
     assert parsed.batching is not None
     assert (parsed.batching.max_batch_size, parsed.batching.max_delay_s) == (16, 0.002)
 
@@ -109,7 +111,9 @@ def test_a_card_without_batch_gives_a_model_that_does_not_batch() -> None:
 
 
 def test_batching_without_the_cards_signature_says_what_is_missing() -> None:
-    with pytest.raises(AnsibleFilterError, match="the card has no inputs, outputs .*fleet_batching.enabled: false"):
+    with pytest.raises(
+        AnsibleFilterError, match=r"the card has no inputs, outputs .*fleet_batching\.enabled: false"
+    ):
         table(["fleet-worker-1"], batching=BATCHING, card={"name": "digits"})
 
 
@@ -197,4 +201,5 @@ def test_the_role_template_renders_from_an_inventory_alone(tmp_path: Path) -> No
     assert rendered["model"]["name"] == CARD["name"]
     parsed = parse_table(rendered, "rendered")
     assert len(parsed.containers) == 5
-    assert parsed.model is not None and parsed.model.signature.batch
+    assert parsed.model is not None
+    assert parsed.model.signature.batch
