@@ -3,7 +3,7 @@
 
     scripts/image.py [--archive-dir DIR]
 
-The same code as the onnxfleet.serving.fleet_image module (plugins/module_utils).
+The same code as the onnxfleet.serving.fleet_image action (plugins/plugin_utils).
 """
 
 import argparse
@@ -12,7 +12,7 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "plugins", "module_utils"))
+sys.path.insert(0, os.path.join(ROOT, "plugins", "plugin_utils"))
 
 from fleet_image import ImageError, ensure_image  # noqa: E402
 

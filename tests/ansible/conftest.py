@@ -1,10 +1,13 @@
-"""The Ansible suite: lint and syntax, the routing-table template, the local inventory
-against real Docker-in-Docker nodes, and the molecule scenarios (real fleets).
+"""The Ansible suite: lint and syntax, the routing table, the roles' isolation, the
+collection artifact, the local inventory against real nodes, and the molecule scenarios
+(real fleets).
 
 The molecule scenarios are the slow part, and mostly wait (package installs, image
-loads, readiness): all four run at once, once per session (`molecule_runs`). The whole
-fleet is left deployed (`fleet`): test_ansible_molecule.py checks it, then
-test_ansible_operations.py changes it under load, and it is destroyed at the end."""
+loads, readiness): they run at once, once per session, started before the first test
+so that the quick tests run meanwhile (`molecule_runs`). The whole
+fleet, on which every serving role's promises are verified, is left deployed (`fleet`):
+test_ansible_molecule.py checks it, then test_ansible_operations.py changes it under
+load, and it is destroyed at the end."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -27,27 +31,36 @@ from tests.ansible.ansible_support import (
 )
 from tests.support import ROOT
 
-SCENARIOS = ("docker_engine", "model_worker", "orchestrator", "fleet")
+SCENARIOS = ("docker_engine", "fleet")
 
 
-@pytest.fixture(scope="session")
-def molecule_runs() -> dict[str, subprocess.CompletedProcess[str]]:
-    """`molecule test -s NAME` of every scenario, concurrently (the fleet's without its
-    final destroy): {scenario: the finished process, its output captured}."""
-    with tempfile.TemporaryDirectory() as tmp:
-        started = {}
+class MoleculeRuns:
+    """`molecule test -s NAME` of every scenario, all at once and in the background (the
+    fleet's without its final destroy), started as soon as the session knows it needs
+    them, so that the tests that do not run meanwhile."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="onnxfleet-molecule-")
+        self.started: dict[str, tuple[list[str], subprocess.Popen[str], IO[str], IO[str]]] = {}
         for scenario in SCENARIOS:
-            args = ["molecule", "test", "-s", scenario] + (
-                ["--destroy", "never"] if scenario == "fleet" else []
-            )
-            out = open(Path(tmp) / f"{scenario}.out", "w+")  # noqa: SIM115 (closed below)
-            err = open(Path(tmp) / f"{scenario}.err", "w+")  # noqa: SIM115
+            args = [
+                "molecule",
+                "test",
+                "-s",
+                scenario,
+                *(["--destroy", "never"] if scenario == "fleet" else []),
+            ]
+            out = open(Path(self.tmp.name) / f"{scenario}.out", "w+")  # noqa: SIM115 (closed in finish)
+            err = open(Path(self.tmp.name) / f"{scenario}.err", "w+")  # noqa: SIM115
             proc = subprocess.Popen(args, cwd=ROOT, env=ansible_env(), stdout=out, stderr=err, text=True)
-            started[scenario] = (args, proc, out, err)
+            self.started[scenario] = (args, proc, out, err)
+
+    def finish(self, timeout: float = 1700) -> dict[str, subprocess.CompletedProcess[str]]:
+        """{scenario: the finished process, its output captured}."""
         finished = {}
-        for scenario, (args, proc, out, err) in started.items():
+        for scenario, (args, proc, out, err) in self.started.items():
             try:
-                code = proc.wait(timeout=1700)
+                code = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 code = proc.wait()
@@ -56,7 +69,57 @@ def molecule_runs() -> dict[str, subprocess.CompletedProcess[str]]:
             finished[scenario] = subprocess.CompletedProcess(args, code, out.read(), err.read())
             out.close()
             err.close()
-    return finished
+        self.tmp.cleanup()
+        return finished
+
+
+RUNS = pytest.StashKey[MoleculeRuns]()
+
+
+def needs_molecule(item: pytest.Item) -> bool:
+    return "molecule_runs" in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on real fleets last: the rest of the tier runs while they converge."""
+    items.sort(key=needs_molecule)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """The scenarios start with the first test (never on --collect-only)."""
+    if not session.config.option.collectonly and any(needs_molecule(item) for item in session.items):
+        session.config.stash[RUNS] = MoleculeRuns()
+
+
+@pytest.fixture(scope="session")
+def molecule_runs(pytestconfig: pytest.Config) -> dict[str, subprocess.CompletedProcess[str]]:
+    return pytestconfig.stash[RUNS].finish()
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The collection as `ansible-galaxy collection build` makes it, installed into a
+    temporary collections path: that path (an ANSIBLE_COLLECTIONS_PATH)."""
+    workdir = tmp_path_factory.mktemp("artifact")
+    built = run(["ansible-galaxy", "collection", "build", str(ROOT), "--output-path", str(workdir)])
+    assert built.returncode == 0, explain(built)
+    (tarball,) = workdir.glob("onnxfleet-serving-*.tar.gz")
+    installed = run(
+        [
+            "ansible-galaxy",
+            "collection",
+            "install",
+            "--force",
+            "--no-deps",
+            "-p",
+            str(workdir / "c"),
+            str(tarball),
+        ]
+    )
+    assert installed.returncode == 0, explain(installed)
+    return workdir / "c"
 
 
 @pytest.fixture(scope="session")

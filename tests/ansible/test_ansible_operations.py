@@ -1,22 +1,34 @@
 """Operations under load on the session's fleet (4 workers x 2 containers): every
 scenario runs steady load through the orchestrator, counts every request, and none may
-fail. In order: rollout, rollback, a broken rollout, a worker container killed, a worker
-node stopped, scale out 4 -> 6, scale in 6 -> 3; then the orchestrator's own restart,
-which is measured (not zero: its clients' connections break).
+fail. In order: rollout to version 2; a worker node stopped; scale out 4 -> 5 in the
+run that brings the stopped node back (site.yml keeps version 2 in service and replaces
+no serving container; the new node joins at version 2, with version 1 to roll back to);
+rollback of all five; a broken rollout; a worker container killed; scale in 5 -> 3; then
+the orchestrator's own restart, which is measured (not zero: its clients' connections
+break).
 
-Each scenario's counts and durations are written to .cache/reports/operations.json (the
-README's Operations figures come from there)."""
+"0 failed" alone could hide a drain that never happened (retries, queueing), so the
+orchestrator's /status is sampled four times a second during each scenario: the nodes a
+playbook switched must have been seen draining, and a container that is draining with
+nothing in flight must get no request (its served counter stays, and no answer of the
+load came from it in that window).
+
+Each scenario's counts, latencies (p50, p99) and durations are written to
+.cache/reports/operations.json (the README's Operations figures come from there)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import subprocess
+import threading
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +48,8 @@ ORIGINAL = json.loads(CARD.read_text())["version"]
 # playbook of CPU on 2 cores), at most 8 at once.
 RATE = 40.0
 CONCURRENCY = 8
+SAMPLE_EVERY_S = 0.25
+VERSION_LABEL = '{{index .Config.Labels "onnxfleet.model-version"}}'
 
 
 def docker(*args: str, check: bool = True) -> str:
@@ -74,8 +88,73 @@ def all_up(fleet: DeployedFleet, count: int) -> bool:
     return len(states) == count and set(states) <= {"ready", "busy"}
 
 
-def report(name: str, results: Results, seconds: float, **extra: Any) -> dict[str, Any]:
+@dataclass
+class Sampler:
+    """/status every SAMPLE_EVERY_S seconds: (wall time, {container: its status entry})."""
+
+    fleet: DeployedFleet
+    samples: list[tuple[float, dict[str, dict[str, Any]]]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self._stop.wait(SAMPLE_EVERY_S):
+            found = status(self.fleet).get("containers")
+            if found is not None:
+                self.samples.append((time.time(), {c["name"]: c for c in found}))
+
+    def drained_nodes(self) -> set[str]:
+        """Nodes all of whose containers were seen draining at the same time."""
+        nodes: dict[str, list[dict[str, Any]]] = {}
+        drained = set()
+        for _when, containers in self.samples:
+            nodes.clear()
+            for entry in containers.values():
+                nodes.setdefault(entry["node"], []).append(entry)
+            drained |= {n for n, es in nodes.items() if all(e["state"] == "draining" for e in es)}
+        return drained
+
+    def idle_draining_windows(self) -> list[tuple[str, float, float, dict[str, Any], dict[str, Any]]]:
+        """(container, from, to, its entry then, its entry later) for consecutive samples in
+        which it was draining, with nothing in flight at the first."""
+        windows = []
+        for (t1, before), (t2, after) in zip(self.samples, self.samples[1:], strict=False):
+            for name, then in before.items():
+                later = after.get(name)
+                if (
+                    then["state"] == "draining"
+                    and then["in_flight"] == 0
+                    and later
+                    and later["state"] == "draining"
+                ):
+                    windows.append((name, t1, t2, then, later))
+        return windows
+
+
+def drain_violations(sampler: Sampler, results: Results) -> list[str]:
+    """Requests a draining, idle container took: by the orchestrator's counters, and by
+    the answers the load got (sent after the window opened, answered before it closed)."""
+    found = []
+    for name, t1, t2, then, later in sampler.idle_draining_windows():
+        if later["served"] != then["served"] or later["in_flight"] != 0:
+            found.append(f"{name} took requests while draining ({t1:.2f}-{t2:.2f}): {then} -> {later}")
+        found += [
+            f"{name} answered a request sent at {results.started_at + r.start_s:.2f} while draining"
+            for r in results.records
+            if r.container == name and results.started_at + r.start_s >= t1
+            and results.started_at + r.start_s + r.latency_s <= t2
+        ]  # fmt: skip
+    return found
+
+
+def percentile(values: list[float], share: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[share - 1]
+
+
+def report(name: str, results: Results, seconds: float, sampler: Sampler | None = None, **extra: Any) -> None:
     records = results.records
+    latencies = [r.latency_s * 1000 for r in records if r.ok]
     entry = {
         "scenario": name,
         "requests": len(records),
@@ -83,7 +162,12 @@ def report(name: str, results: Results, seconds: float, **extra: Any) -> dict[st
         "statuses": dict(Counter(str(r.status) for r in records)),
         "errors": dict(Counter(r.error or f"http_{r.status}" for r in records if not r.ok)),
         "versions": dict(Counter(r.version or "-" for r in records)),
+        "latency_ms": {
+            "p50": round(percentile(latencies, 50), 1),
+            "p99": round(percentile(latencies, 99), 1),
+        },
         "seconds": round(seconds, 1),
+        **({"drained_nodes": sorted(sampler.drained_nodes())} if sampler else {}),
         **extra,
     }
     REPORT.parent.mkdir(parents=True, exist_ok=True)
@@ -91,18 +175,66 @@ def report(name: str, results: Results, seconds: float, **extra: Any) -> dict[st
     found[name] = entry
     REPORT.write_text(json.dumps(found, indent=2) + "\n")
     print(json.dumps(entry))
-    return entry
+
+
+@dataclass
+class Watched:
+    load: BackgroundLoad
+    sampler: Sampler
+    started: float
+
+    @property
+    def results(self) -> Results:
+        return self.load.results
+
+    def check(
+        self,
+        name: str,
+        must_drain: frozenset[str] = frozenset(),
+        stopped: str = "",
+        slots: int = 0,
+        **extra: Any,
+    ) -> None:
+        """Report, then: no failed request, the nodes named were drained, and no request
+        went to a draining container. A node or container ``stopped`` without a drain may
+        cost what it held at that instant (docs/orchestrator.md: a request sent is never
+        re-sent): a 502 from it, at most one per slot (``slots``)."""
+        report(name, self.results, time.monotonic() - self.started, self.sampler, **extra)
+        failed = [r for r in self.results.records if not r.ok]
+        lost = [
+            r
+            for r in failed
+            if r.status == 502 and stopped and stopped in (r.container, (r.container or "").split("/")[0])
+        ]
+        assert len(failed) == len(lost), [r.to_json() for r in failed][:5]
+        assert len(lost) <= slots, [r.to_json() for r in lost]
+        assert must_drain <= self.sampler.drained_nodes(), self.sampler.drained_nodes()
+        assert drain_violations(self.sampler, self.results) == []
+
+
+def more_answers(load: BackgroundLoad, count: int, timeout: float = 60) -> None:
+    """Wait until ``count`` more requests have been answered (rather than sleep)."""
+    target = len(load.records) + count
+    wait_until(f"{count} more answers", lambda: len(load.records) >= target, timeout)
 
 
 @contextmanager
-def under_load(fleet: DeployedFleet) -> Iterator[BackgroundLoad]:
-    """Steady load while the block changes the fleet."""
+def under_load(fleet: DeployedFleet) -> Iterator[Watched]:
+    """Steady load, and /status sampled, while the block changes the fleet."""
     plan = LoadPlan(fleet.url + "/run_model", n=0, concurrency=CONCURRENCY, rate=RATE, timeout=60)
+    sampler = Sampler(fleet)
+    thread = threading.Thread(target=sampler.run, name="status-sampler", daemon=True)
     load = BackgroundLoad(plan)
-    with load:
-        wait_until("the load runs", lambda: len(load.records) >= 20, timeout=30)
-        yield load
-        time.sleep(2)  # and a little after the change
+    watched = Watched(load, sampler, time.monotonic())
+    thread.start()
+    try:
+        with load:
+            wait_until("the load runs", lambda: len(load.records) >= 20, timeout=30)
+            yield watched
+            more_answers(load, 40)  # and a second of traffic after the change
+    finally:
+        sampler._stop.set()
+        thread.join(5)
 
 
 def playbook(fleet: DeployedFleet, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
@@ -110,16 +242,34 @@ def playbook(fleet: DeployedFleet, *args: str, timeout: float = 1500) -> subproc
     return run(["ansible-playbook", "-e", fleet.vars_file, *args], env=fleet.env(), timeout=timeout)
 
 
+def worker_nodes(fleet: DeployedFleet) -> list[str]:
+    found = docker("ps", "--filter", f"label=onnxfleet.fleet={fleet.name}", "--filter",
+                   "label=onnxfleet.role=worker", "--format", "{{.Names}}")  # fmt: skip
+    return sorted(found.split())
+
+
+def node_state(node: str) -> dict[str, Any]:
+    """A worker node's model state (the local fact model_worker keeps), {} without one."""
+    text = docker("exec", node, "cat", "/etc/ansible/facts.d/onnxfleet_model.fact", check=False)
+    return json.loads(text) if text else {}
+
+
 def node_versions(fleet: DeployedFleet) -> dict[str, str]:
-    """{node container: model version label of its worker container 0}."""
+    """{node container: the version its state names}, checked against what container 0 runs."""
     found = {}
-    for node in docker("ps", "--filter", f"label=onnxfleet.fleet={fleet.name}", "--filter",
-                       "label=onnxfleet.role=worker", "--format", "{{.Names}}").split():  # fmt: skip
-        found[node] = docker(
-            "exec", node, "docker", "inspect", "-f", '{{index .Config.Labels "onnxfleet.model-version"}}',
-            "onnxfleet-worker-0", check=False,
-        )  # fmt: skip
+    for node in worker_nodes(fleet):
+        label = docker(
+            "exec", node, "docker", "inspect", "-f", VERSION_LABEL, "onnxfleet-worker-0", check=False
+        )
+        found[node] = node_state(node).get("version", "-")
+        assert label == found[node], f"{node}: its state says {found[node]}, container 0 runs {label}"
     return found
+
+
+def container_ids(node: str) -> list[str]:
+    return sorted(
+        docker("exec", node, "docker", "ps", "-q", "--filter", "label=onnxfleet.service=worker").split()
+    )
 
 
 def new_model(directory: Path, version: str, broken: bool = False) -> Path:
@@ -148,32 +298,59 @@ def ops(fleet: DeployedFleet) -> DeployedFleet:
     return fleet
 
 
-def test_rollout_switches_the_version_with_no_failed_request(ops: DeployedFleet, tmp_path: Path) -> None:
-    model = new_model(tmp_path / "v2", "2")
-    started = time.monotonic()
-    with under_load(ops) as load:
+def test_rollout_switches_the_version_node_by_node_drained(ops: DeployedFleet, tmp_path_factory: Any) -> None:
+    model = new_model(tmp_path_factory.mktemp("v2"), "2")
+    with under_load(ops) as watched:
         proc = playbook(ops, "playbooks/rollout.yml", "-e", f"model_path={model}")
-    took = time.monotonic() - started
-    results = load.results
     assert proc.returncode == 0, explain(proc)
-    report("rollout", results, took)
-    assert results.failed == 0, [r.to_json() for r in results.records if not r.ok][:5]
-    versions = [r.version for r in results.records]
+    watched.check("rollout", must_drain=frozenset({"worker-1", "worker-2", "worker-3", "worker-4"}))
+    versions = [r.version for r in watched.results.records]
     assert versions[0] == ORIGINAL
     assert versions[-20:] == ["2"] * 20
     assert set(node_versions(ops).values()) == {"2"}
+    # the drain answers were checked by the playbook itself, node by node, in order
+    drained = [
+        line.split("drain ")[1].split(":")[0] for line in proc.stdout.splitlines() if "'drain worker-" in line
+    ]
+    assert list(dict.fromkeys(drained)) == ["worker-1", "worker-2", "worker-3", "worker-4"]
 
 
-def test_rollback_returns_to_the_previous_version(ops: DeployedFleet) -> None:
-    started = time.monotonic()
-    with under_load(ops) as load:
+def test_site_yml_after_a_rollout_keeps_it_and_a_new_node_joins_at_it(ops: DeployedFleet) -> None:
+    """A stopped node comes back and the fleet scales out 4 -> 5 in one site.yml run:
+    the serving nodes keep version 2 (no container replaced), the new one joins at 2."""
+    before = {node: container_ids(node) for node in worker_nodes(ops)}
+    stopped = f"{ops.name}-worker-2"
+    with under_load(ops) as watched:
+        docker("stop", "--time", "1", stopped)
+        down = lambda: [serving(ops).get(f"worker-2/{i}") for i in (0, 1)] == ["down"] * 2  # noqa: E731
+        wait_until("its containers are down", down, 30)
+        more_answers(watched.load, 120)  # three seconds of traffic without it
+    watched.check("worker node stopped", stopped="worker-2", slots=2)
+
+    docker("start", stopped)
+    with under_load(ops) as watched:
+        proc = playbook(ops, "site.yml", "-e", "fleet_worker_count=5")
+        assert proc.returncode == 0, explain(proc)
+        wait_until("10 containers serve", lambda: all_up(ops, 10), 90)
+    served = Counter(r.container for r in watched.results.records)
+    watched.check("scale out 4 -> 5", served=dict(served))
+    assert {r.version for r in watched.results.records} == {"2"}
+    # nodes, not containers: with batching a few containers can carry 8 clients, and the
+    # last in the table may get none in a short run (all 10 are ready: all_up above)
+    assert {"worker-5", "worker-2"} <= {name.split("/")[0] for name in served}, served
+    assert set(node_versions(ops).values()) == {"2"}
+    for node, ids in before.items():
+        if node != stopped:
+            assert container_ids(node) == ids, f"{node}: its serving containers were replaced"
+    assert node_state(f"{ops.name}-worker-5")["previous"] == ORIGINAL  # so a rollback takes it back too
+
+
+def test_rollback_returns_every_node_to_the_previous_version(ops: DeployedFleet) -> None:
+    with under_load(ops) as watched:
         proc = playbook(ops, "playbooks/rollback.yml")
-    took = time.monotonic() - started
-    results = load.results
     assert proc.returncode == 0, explain(proc)
-    report("rollback", results, took)
-    assert results.failed == 0, [r.to_json() for r in results.records if not r.ok][:5]
-    assert results.records[-1].version == ORIGINAL
+    watched.check("rollback", must_drain=frozenset({f"worker-{n}" for n in range(1, 6)}))
+    assert watched.results.records[-1].version == ORIGINAL
     assert set(node_versions(ops).values()) == {ORIGINAL}
 
 
@@ -181,84 +358,50 @@ def test_a_broken_model_stops_the_rollout_and_the_node_is_restored(
     ops: DeployedFleet, tmp_path: Path
 ) -> None:
     model = new_model(tmp_path / "broken", "broken", broken=True)
-    started = time.monotonic()
-    with under_load(ops) as load:
+    with under_load(ops) as watched:
         proc = playbook(
             ops, "playbooks/rollout.yml", "-e", f"model_path={model}", "-e", "model_worker_ready_timeout=15"
         )
-    took = time.monotonic() - started
-    results = load.results
     assert proc.returncode != 0, "the rollout of a broken model must fail"
-    assert "the rollout stopped on" in proc.stdout, explain(proc)
+    assert f"did not switch to version broken and serves {ORIGINAL} again" in proc.stdout, explain(proc)
     hosts = recap(proc.stdout)
     assert [h for h, r in hosts.items() if r["failed"]] == [f"{ops.name}-worker-1"], hosts
     assert f"{ops.name}-worker-2" not in hosts, "the rollout went on past the failed node"
-    report("broken rollout", results, took)
-    assert results.failed == 0, [r.to_json() for r in results.records if not r.ok][:5]
-    assert {r.version for r in results.records} == {ORIGINAL}
+    watched.check("broken rollout", must_drain=frozenset({"worker-1"}))
+    assert {r.version for r in watched.results.records} == {ORIGINAL}
     assert set(node_versions(ops).values()) == {ORIGINAL}
-    wait_until("all 8 containers serve again", lambda: all_up(ops, 8), 60)
+    wait_until("all 10 containers serve again", lambda: all_up(ops, 10), 60)
 
 
 def test_a_killed_worker_container_costs_no_request(ops: DeployedFleet) -> None:
     node = f"{ops.name}-worker-3"
-    started = time.monotonic()
-    with under_load(ops) as load:
+
+    def restarts() -> int:
+        return int(docker("exec", node, "docker", "inspect", "-f", "{{.RestartCount}}", "onnxfleet-worker-1"))
+
+    before = restarts()
+    with under_load(ops) as watched:
         pid = docker("exec", node, "docker", "inspect", "-f", "{{.State.Pid}}", "onnxfleet-worker-1")
         docker("exec", node, "sh", "-c", f"kill -KILL {pid}")  # a crash: the restart policy applies
-        wait_until("it is down", lambda: serving(ops).get("worker-3/1") == "down", 30)
-        wait_until(
-            "it is back (restart policy)", lambda: serving(ops).get("worker-3/1") in ("ready", "busy"), 90
-        )
-    took = time.monotonic() - started
-    results = load.results
-    report("worker container killed", results, took)
-    assert results.failed == 0, [r.to_json() for r in results.records if not r.ok][:5]
-    assert docker("exec", node, "docker", "inspect", "-f", "{{.RestartCount}}", "onnxfleet-worker-1") != "0"
-
-
-def test_a_stopped_worker_node_costs_no_request_and_site_yml_brings_it_back_while_scaling_out(
-    ops: DeployedFleet,
-) -> None:
-    node = f"{ops.name}-worker-2"
-    started = time.monotonic()
-    with under_load(ops) as load:
-        docker("stop", "--time", "1", node)
-        wait_until(
-            "its containers are down",
-            lambda: [serving(ops).get(f"worker-2/{i}") for i in (0, 1)] == ["down", "down"],
-            30,
-        )
-        time.sleep(5)
-    took = time.monotonic() - started
-    results = load.results
-    report("worker node stopped", results, took)
-    assert results.failed == 0, [r.to_json() for r in results.records if not r.ok][:5]
-
-    # Scale out 4 -> 6; the same run starts the stopped node's engine again.
-    docker("start", node)
-    started = time.monotonic()
-    with under_load(ops) as load:
-        proc = playbook(ops, "site.yml", "-e", "fleet_worker_count=6")
-        assert proc.returncode == 0, explain(proc)
-        wait_until("12 containers serve", lambda: all_up(ops, 12), 60)
-    took = time.monotonic() - started
-    results = load.results
-    served = Counter(r.container for r in results.records[-400:])
-    report("scale out 4 -> 6", results, took, served_last_400=dict(served))
-    assert results.failed == 0, [r.to_json() for r in results.records if not r.ok][:5]
-    assert {"worker-5/0", "worker-5/1", "worker-6/0", "worker-6/1", "worker-2/0"} <= set(served), served
+        # (the engine may restart it within the orchestrator's two failed checks, unseen)
+        wait_until("it is restarted (restart policy)", lambda: restarts() > before, 30)
+        wait_until("it serves again", lambda: serving(ops).get("worker-3/1") in ("ready", "busy"), 90)
+        more_answers(watched.load, 120)
+    watched.check("worker container killed", stopped="worker-3/1", slots=1)
 
 
 def test_scale_in_drains_the_nodes_before_they_go(ops: DeployedFleet) -> None:
-    started = time.monotonic()
-    with under_load(ops) as load:
+    with under_load(ops) as watched:
         proc = playbook(ops, "site.yml", "-e", "fleet_worker_count=3")
-    took = time.monotonic() - started
-    results = load.results
     assert proc.returncode == 0, explain(proc)
-    report("scale in 6 -> 3", results, took)
-    assert results.failed == 0, [r.to_json() for r in results.records if not r.ok][:5]
+    # An idle container leaves the table at once, between two /status samples: the drain is
+    # proven by no failed request (checked here) and by the retire play having waited for
+    # the orchestrator to let go of them before the nodes were removed.
+    watched.check("scale in 5 -> 3")
+    waited = proc.stdout.split("TASK [Wait until no container of theirs is in the orchestrator", 1)
+    assert len(waited) == 2, explain(proc)
+    assert f"ok: [{ops.name}-orchestrator]" in waited[1].split("TASK [", 1)[0], explain(proc)
+    assert "TASK [Remove the retired nodes" in waited[1], explain(proc)
     assert sorted(serving(ops)) == [f"worker-{n}/{i}" for n in (1, 2, 3) for i in (0, 1)]
     nodes = docker("ps", "-a", "--filter", f"label=onnxfleet.fleet={ops.name}", "--format", "{{.Names}}")
     assert sorted(nodes.split()) == sorted(
@@ -271,12 +414,12 @@ def test_scale_in_drains_the_nodes_before_they_go(ops: DeployedFleet) -> None:
 
 def test_the_orchestrators_own_restart_is_measured(ops: DeployedFleet) -> None:
     node = f"{ops.name}-orchestrator"
-    with under_load(ops) as load:
+    with under_load(ops) as watched:
         restarted = time.monotonic()
         docker("exec", node, "docker", "restart", "--time", "10", "onnxfleet-orchestrator")
         wait_until("it serves again", lambda: status(ops).get("ready") is True, 60)
         back = time.monotonic() - restarted
-    results = load.results
+    results = watched.results
     failed = [r for r in results.records if not r.ok]
     outage = max((r.start_s + r.latency_s for r in failed), default=0.0) - min(
         (r.start_s for r in failed), default=0.0

@@ -9,12 +9,11 @@ from tests.support import ROOT
 
 PLAYBOOKS = [
     "site.yml",
-    "playbooks/provision.yml",
-    "playbooks/teardown.yml",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "playbooks").glob("*.yml")),
     *sorted(
         str(p.relative_to(ROOT))
         for p in (ROOT / "extensions" / "molecule").glob("*/*.yml")
-        if p.name not in {"molecule.yml", "vars.yml", "config.yml"}
+        if p.name not in {"molecule.yml", "vars.yml", "config.yml"} and not p.name.endswith("_reload.yml")
     ),
 ]
 

@@ -20,7 +20,8 @@ def main() -> int:
         card = json.load(handle)
     body = json.dumps({"inputs": card["example"]["inputs"]}).encode()
 
-    def one(_: int) -> tuple[int, str, object]:
+    def one(index: int) -> tuple[int, str, object]:
+        del index
         request = urllib.request.Request(
             url + "/run_model", data=body, headers={"Content-Type": "application/json"}
         )
@@ -35,13 +36,13 @@ def main() -> int:
 
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(one, range(requests)))
-    errors = [detail for status, _, detail in results if status != 200]
+    errors = [detail for status, container, detail in results if status != 200]
     print(
         json.dumps(
             {
-                "statuses": dict(Counter(str(status) for status, _, _ in results)),
-                "served": dict(Counter(container for status, container, _ in results if status == 200)),
-                "labels": sorted({str(label) for status, _, label in results if status == 200}),
+                "statuses": dict(Counter(str(status) for status, container, label in results)),
+                "served": dict(Counter(container for status, container, label in results if status == 200)),
+                "labels": sorted({str(label) for status, container, label in results if status == 200}),
                 "first_error": errors[0] if errors else None,
             }
         )
