@@ -272,6 +272,7 @@ def test_security_groups_are_exactly_least_privilege(ec2: Any, first_run: dict[s
         ("tcp", 80, 80, CLIENTS),
         ("tcp", 443, 443, CLIENTS),
         ("tcp", 22, 22, ADMIN),
+        ("tcp", 8099, 8099, "10.42.0.0/16"),  # the workers fetch a new app image
     }
     assert rule_set(orchestrator["IpPermissionsEgress"]) == {
         ("tcp", 5000, 5001, "10.42.0.0/16"),
@@ -285,6 +286,7 @@ def test_security_groups_are_exactly_least_privilege(ec2: Any, first_run: dict[s
     assert rule_set(worker["IpPermissionsEgress"]) == {
         ("tcp", 80, 80, "0.0.0.0/0"),
         ("tcp", 443, 443, "0.0.0.0/0"),
+        ("tcp", 8099, 8099, "10.42.0.0/16"),
     }
 
 
