@@ -56,6 +56,14 @@ def build_and_install(workdir: Path) -> Path:
     (artifact,) = workdir.glob("onnxfleet-serving-*.tar.gz")
     subprocess.run([galaxy, "collection", "install", str(artifact), "-p", str(workdir / "collections"),
                     "--no-deps", "--force"], check=True, capture_output=True)  # fmt: skip
+    # the collections it depends on, next to it, as ansible-test wants them (amazon.aws's
+    # doc fragments and module_utils: from the ansible package the controller venv holds)
+    import ansible_collections.amazon.aws as amazon_aws
+
+    amazon = workdir / "collections" / "ansible_collections" / "amazon"
+    amazon.mkdir(exist_ok=True)
+    if not (amazon / "aws").exists():
+        (amazon / "aws").symlink_to(Path(amazon_aws.__path__[0]), target_is_directory=True)
     return workdir / "collections" / "ansible_collections" / "onnxfleet" / "serving"
 
 

@@ -16,7 +16,7 @@ description:
     they look in the same region.
   - Fails with a message saying how to set a region when none is configured.
 author:
-  - onnxfleet developers
+  - onnxfleet developers (@onnxfleet)
 requirements:
   - boto3
 """

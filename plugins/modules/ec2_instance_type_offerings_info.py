@@ -13,7 +13,7 @@ description:
   - Calls DescribeInstanceTypeOfferings, which amazon.aws has no module for, so that a
     role can choose availability zones among those that offer its instance types.
 author:
-  - onnxfleet developers
+  - onnxfleet developers (@onnxfleet)
 options:
   instance_types:
     description:
