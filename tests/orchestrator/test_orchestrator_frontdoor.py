@@ -112,6 +112,21 @@ def test_a_raw_token_from_the_environment_works_for_development(
         assert call(orch.url + "/status", headers={"Authorization": "Bearer dev"})[0] == 200
 
 
+def test_with_only_an_admin_token_the_fleet_s_state_is_as_open_as_the_api(
+    sim: SimFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the Ansible role sets up (an admin token, no client tokens): inference and the
+    fleet's state open, the admin API not."""
+    monkeypatch.setenv("ONNXFLEET_ADMIN_TOKEN", "adm-secret")
+    table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
+    with in_process(table) as orch:
+        assert call(orch.url + "/run_model", "POST", {})[0] == 200
+        for path in ("/status", "/metrics", "/"):
+            assert call(orch.url + path)[0] == 200, path
+        assert call(orch.url + "/admin/reload", "POST")[0] == 401
+        assert call(orch.url + "/admin/reload", "POST", headers=ADMIN)[0] == 200
+
+
 def test_model_metadata_and_v2_routes_are_forwarded(sim: SimFleet, tmp_path: Path) -> None:
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
     with in_process(table) as orch:
