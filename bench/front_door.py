@@ -43,8 +43,12 @@ import yaml
 from bench.orchestrator_vs_haproxy import (
     CONTAINERS,
     HAPROXY_CFG,
+    TABLE,
     WRK_SCRIPT,
+    arguments,
     cpu_seconds,
+    print_header,
+    require_tools,
     wait_up,
     worker_pid,
     wrk,
@@ -184,16 +188,8 @@ def measure(service_ms: float, args: argparse.Namespace, pki: Pki, work: Path, s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=4, help="seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating runs per path (best kept)")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--service-ms", type=float, nargs="+", default=[1.0, 5.0, 20.0])
-    parser.add_argument("--json", type=Path, help="also write the rows here")
-    args = parser.parse_args()
-    for tool in ("wrk", "haproxy"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} is missing: make setup installs it (apt-get install {tool})")
+    args = arguments(__doc__.splitlines()[0], "path").parse_args()
+    require_tools()
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="onnxfleet-bench-"))
     script = work / "post.lua"
@@ -205,15 +201,14 @@ def main() -> int:
         rows = [row for service_ms in args.service_ms for row in measure(service_ms, args, pki, work, script)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"{CONTAINERS} sim containers, wrk -t1 -c{args.connections}, best of {args.rounds} alternating "
-        f"{args.duration}s runs; HAProxy alone: 1 thread; edge: roles/edge defaults (a thread per CPU); "
-        f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-    )
-    columns = ("req/s", "effic.", "p50 ms", "p99 ms", "errors", "CPU µs/req", "+orch. µs", "vs HAProxy")
-    widths = (9, 7, 8, 8, 6, 10, 9, 10)
-    print(
-        f"{'service':>8} {'path':<13} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))
+    columns = {
+        "path": 13,
+        **{k: w for k, w in TABLE.items() if k != "vs HAProxy"},
+        "+orch. µs": 9,
+        "vs HAProxy": 10,
+    }
+    print_header(
+        args, "HAProxy alone: 1 thread; edge: roles/edge defaults (a thread per CPU)", load_before, columns
     )
     for row in rows:
         if "rps" not in row:
