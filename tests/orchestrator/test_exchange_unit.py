@@ -83,13 +83,13 @@ def test_a_deadline_answers_the_client_but_the_slot_waits_for_the_container() ->
     only when the late answer has been read, so the next request never overlaps it."""
 
     async def main() -> None:
-        async with Scripted(answer_after(0.3)) as a:
+        async with Scripted(answer_after(1.0)) as a:
             fleet = Fleet([a.spec("a")])
             started = time.monotonic()
             ex = await fleet.outcome(deadline=time.monotonic() + 0.05)
             assert ex.error is not None
             assert ex.error.code == "upstream_timeout"
-            assert time.monotonic() - started < 0.25  # not the 0.3 s the container takes
+            assert time.monotonic() - started < 0.8  # not the 1 s the container takes
             c = fleet.container("a")
             assert c.inflight == 1  # the container is still computing
             nxt, future = fleet.send()
@@ -97,7 +97,7 @@ def test_a_deadline_answers_the_client_but_the_slot_waits_for_the_container() ->
             await asyncio.wait_for(future, 5)
             assert nxt.response is not None
             assert nxt.response.status == 200
-            assert time.monotonic() - started >= 0.3
+            assert time.monotonic() - started >= 1.0
             assert c.inflight == 0
             assert c.served == 2
 
