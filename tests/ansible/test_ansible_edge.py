@@ -37,16 +37,20 @@ ROLE_PLAY = """\
 def call(
     fleet: DeployedFleet, path: str, token: str | None, method: str = "POST", body: bytes | None = BODY
 ) -> tuple[int, dict[str, str], Any]:
-    """(status, headers, JSON body) of one request through the edge."""
+    """(status, headers with lower-case names, JSON body) of one request through the edge."""
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(fleet.url + path, data=body, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30, context=fleet.tls()) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
+            return response.status, lower(response.headers.items()), json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read())
+        return exc.code, lower(exc.headers.items()), json.loads(exc.read())
+
+
+def lower(items: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in items}
 
 
 def docker(*args: str) -> str:
@@ -75,7 +79,7 @@ def test_https_with_the_fleets_ca_and_the_token_serves(edge: DeployedFleet) -> N
     status, headers, answer = call(edge, "/run_model", edge.token)
     assert status == 200, answer
     assert answer["outputs"]["label"] == [CARD["example"]["label"]]
-    assert headers["Strict-Transport-Security"].startswith("max-age=")
+    assert headers["strict-transport-security"].startswith("max-age=")
     # and the certificate is not one any client would take: only with the fleet's CA
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
         urllib.request.urlopen(edge.url + "/healthz", timeout=10, context=ssl.create_default_context())
@@ -86,8 +90,8 @@ def test_inference_without_a_valid_token_gets_401_json(edge: DeployedFleet, toke
     status, headers, answer = call(edge, "/run_model", token)
     assert status == 401, answer
     assert answer["code"] == "unauthorized"
-    assert headers["Content-Type"].startswith("application/json")
-    assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert headers["content-type"].startswith("application/json")
+    assert headers["www-authenticate"].startswith("Bearer")
 
 
 @pytest.mark.parametrize("path", ["/admin/reload", "//admin/drain", "/%61dmin/ready"])
