@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # make demo: from a fresh machine to a serving local fleet, then a real prediction.
 #   1. make setup (venv, Docker engine, base image, wheelhouse; quick when done)
-#   2. ansible-playbook site.yml: 4 worker nodes x 2 model containers + the orchestrator,
+#   2. ansible-playbook site.yml: 4 worker nodes x 2 model containers + the orchestrator
+#      behind the edge (HAProxy, HTTPS + tokens),
 #      as Docker-in-Docker containers on this machine (a re-run changes nothing)
-#   3. the orchestrator's URL and a prediction you can repeat with curl
+#   3. the edge's HTTPS URL and a prediction you can repeat with curl (the fleet's CA,
+#      its client token)
 # Extra arguments go to ansible-playbook (e.g. scripts/demo.sh -e fleet_worker_count=2).
 # Remove the fleet: ansible-playbook playbooks/teardown.yml
 set -euo pipefail
@@ -17,32 +19,32 @@ start=$(date +%s)
 ansible-playbook site.yml "$@"
 took=$(($(date +%s) - start))
 
-# Where the orchestrator node's port is published (fleet_published_port, default 8080).
-node="${ONNXFLEET_FLEET:-onnxfleet}-orchestrator"
+# Where the edge's HTTPS port is published (fleet_published_port, default 8443), the
+# fleet's CA and its client token (made once on the controller, under fleet_state_dir).
+fleet="${ONNXFLEET_FLEET:-onnxfleet}"
+node="$fleet-orchestrator"
 published=$(docker port "$node" | head -1 | sed 's/.*-> //')
 [ -n "$published" ] || { echo "demo: $node publishes no port (fleet_published_port empty?)" >&2; exit 1; }
-url="http://$published"
+url="https://$published"
+state="${XDG_STATE_HOME:-$HOME/.local/state}/onnxfleet/$fleet"
+ca="$state/tls/ca.pem"
+token="$state/tokens/default"
 body=$(.venv/bin/python -c '
 import json, sys
 card = json.load(open("app/models/digits.json"))
 print(json.dumps({"inputs": card["example"]["inputs"]}, separators=(",", ":")))')
 label=$(.venv/bin/python -c 'import json; print(json.load(open("app/models/digits.json"))["example"]["label"])')
+auth="Authorization: Bearer \$(cat $token)"
 
-printf '\n\033[1m[demo]\033[0m the fleet answers at %s (deployed in %ss)\n' "$url" "$took"
+printf '\n\033[1m[demo]\033[0m the fleet answers at %s (HTTPS, deployed in %ss)\n' "$url" "$took"
 cat <<EOF
-  status:      curl -s $url/status
-  dashboard:   $url/
-  prediction:  curl -s -H 'Content-Type: application/json' -d '$body' $url/run_model
+  status:      curl -s --cacert $ca -H "$auth" $url/status
+  prediction:  curl -s --cacert $ca -H "$auth" -H 'Content-Type: application/json' -d '$body' $url/run_model
+  load:        .venv/bin/onnxfleet load --url $url --cacert $ca --token-file $token -n 100 -c 5
 
 An 8x8 image of a handwritten $label (grey levels 0..16, row by row) gives:
 EOF
-.venv/bin/python - "$url/run_model" "$body" <<'PY'
-import sys, urllib.request
-request = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(),
-                                 headers={"Content-Type": "application/json"})
-with urllib.request.urlopen(request, timeout=30) as response:
-    print(response.status, response.reason)
-    for name in ("X-Container", "X-Model-Version", "X-Queue-Wait-Ms"):
-        print(f"{name}: {response.headers.get(name)}")
-    print(response.read().decode())
-PY
+curl -sS --fail-with-body --cacert "$ca" -H "Authorization: Bearer $(cat "$token")" \
+  -H 'Content-Type: application/json' -d "$body" -D - "$url/run_model" \
+  | grep -iE '^(HTTP/|x-container|x-model-version|x-queue-wait-ms|\{)'
+echo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,13 @@ def explain(proc: subprocess.CompletedProcess[str]) -> str:
 
 FLEET = "molecule-fleet"
 FLEET_VARS = "@extensions/molecule/fleet/vars.yml"
-FLEET_URL = "http://127.0.0.1:28080"  # fleet_published_port in that file
+FLEET_URL = "https://127.0.0.1:28443"  # the edge, at fleet_published_port in that file
+
+
+def state_dir(fleet: str) -> Path:
+    """A fleet's state on the controller (fleet_state_dir's default): tls/, tokens/."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "onnxfleet" / fleet
 
 
 @dataclass
@@ -71,6 +78,19 @@ class DeployedFleet:
 
     def env(self, **extra: str) -> dict[str, str]:
         return ansible_env(ONNXFLEET_FLEET=self.name, **extra)
+
+    @property
+    def cacert(self) -> Path:
+        """The CA the edge's certificate was made with (clients --cacert it)."""
+        return state_dir(self.name) / "tls" / "ca.pem"
+
+    @property
+    def token(self) -> str:
+        """The client token made once on the controller (fleet_api_tokens' default)."""
+        return (state_dir(self.name) / "tokens" / "default").read_text().strip()
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cacert))
 
 
 def leftovers(fleet: str) -> str:

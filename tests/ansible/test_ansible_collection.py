@@ -41,7 +41,7 @@ def test_the_artifact_documents_its_roles_and_plugins(artifact: Path) -> None:
     for kind, names in (
         ("role", roles),
         ("module", ["fleet_image"]),
-        ("filter", ["routing_table", "natural_sort"]),
+        ("filter", ["routing_table", "natural_sort", "api_token_lines", "subject_alt_names"]),
     ):
         for name in names:
             proc = run(["ansible-doc", "-t", kind, "--json", f"onnxfleet.serving.{name}"], env=env)

@@ -115,7 +115,7 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet
     }
     orchestrator = json.loads(docker("inspect", f"{FLEET}-orchestrator"))[0]
     assert orchestrator["HostConfig"]["PortBindings"] == {
-        "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+        "443/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]  # the edge's HTTPS
     }
     # As little as systemd and the inner engine need (docs/ansible.md, "Local nodes").
     assert orchestrator["HostConfig"]["Privileged"] is False
