@@ -224,9 +224,9 @@ def main() -> int:
         if "rps" in row:
             continue
         print(
-            f"{row['service_ms']:>6g}ms  p50 +{row['p50_ms']:.2f} ms "
+            f"{row['service_ms']:>6g}ms  p50 {row['p50_ms']:+.2f} ms "
             f"({row['orchestrator_alone_p50_ms']:.2f} -> {row['front_door_p50_ms']:.2f}), "
-            f"p99 +{row['p99_ms']:.2f} ms, "
+            f"p99 {row['p99_ms']:+.2f} ms, "
             f"edge CPU {row['edge_cpu_us_per_request']} µs/request"
         )
     if args.json:

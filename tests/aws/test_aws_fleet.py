@@ -4,15 +4,18 @@ routing table, scaling 4 -> 6 -> 3, teardown. One provisioning, shared in file o
 from __future__ import annotations
 
 import json
+import sys
+import threading
 import urllib.request
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.aws.aws_support import AWS_PLAYBOOK_ARGS, FLEET, ROOT, Run, fleet_filter, live_instances, tags_of
-from tests.support import unwrap
+from tests.support import free_port, unwrap
 
 pytestmark = pytest.mark.slow
 
@@ -442,9 +445,81 @@ def test_a_changed_vpc_cidr_is_refused(
     assert fleet_resources(ec2)["vpcs"] == vpcs, "no second VPC"
 
 
-def test_an_instance_type_change_is_refused_unless_allowed_then_rolled(
-    ec2: Any, first_run: dict[str, Any], provision: Callable[..., Run]
+class FakeOrchestratorAdmin:
+    """The orchestrator's admin API on loopback, standing in for the orchestrator node of a
+    moto fleet (whose address must never be connected to): records each drain and ready
+    with the node's instance type and state in moto at that moment; /status says every
+    container of the fleet's workers passes its checks."""
+
+    TOKEN = "fake-admin-token"
+
+    def __init__(self, ec2: Any) -> None:
+        self.ec2 = ec2
+        self.events: list[tuple[str, str, str, str]] = []
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeOrchestratorAdmin:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        admin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                workers = [n for n in nodes(admin.ec2) if n != "orchestrator"]
+                containers = [
+                    {"name": f"{n}/{i}", "node": n, "healthy": True} for n in workers for i in (0, 1)
+                ]
+                self._answer(200, {"containers": containers})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.headers.get("Authorization") != f"Bearer {admin.TOKEN}":
+                    self._answer(401, {"error": "bad token", "code": "unauthorized"})
+                    return
+                action = self.path.rsplit("/", 1)[-1]
+                instance = nodes(admin.ec2)[body["node"]]
+                admin.events.append(
+                    (action, body["node"], instance["InstanceType"], instance["State"]["Name"])
+                )
+                answer = {"containers": [f"{body['node']}/0", f"{body['node']}/1"], "state": action}
+                if action == "drain":
+                    assert body["wait"] is True
+                    answer["in_flight"] = 0
+                self._answer(200, answer)
+
+        return Handler
+
+
+def test_an_instance_type_change_is_refused_unless_allowed_then_rolled_with_drain(
+    ec2: Any, first_run: dict[str, Any], provision: Callable[..., Run], tmp_path: Path
 ) -> None:
+    """Allowed, the change rolls one node at a time, workers first: each worker is drained
+    in the orchestrator (the answer waited for) while it still runs its old type, changed,
+    then put back in service, before the next one is drained; the orchestrator last,
+    without drain (it is the service). The orchestrator node is a fake admin API on
+    loopback, reached with the connection the inventory gives that node (here local: the
+    test's extra inventory), never moto's address for it. Not tested here: SSH to a real
+    orchestrator node (the default connection of those tasks), the real orchestrator's
+    answers (tests/ansible's rollout runs the same node_admin tasks against it)."""
     shape = same_shape(ec2)
     before = nodes(ec2)
     run = provision(*shape, "-e", "aws_fleet_worker_instance_type=m7i.large")
@@ -455,26 +530,66 @@ def test_an_instance_type_change_is_refused_unless_allowed_then_rolled(
         n: ("c7i.large", "running") for n in before
     }, "nothing stopped, nothing changed"
 
-    resize = [
-        *shape,
-        "-e",
-        "aws_fleet_worker_instance_type=m7i.large",
-        "-e",
-        "aws_fleet_allow_instance_type_change=true",
-    ]
-    run = provision(*resize).check()
-    assert run.changed > 0
-    after = nodes(ec2)
-    assert {n: i["InstanceId"] for n, i in after.items()} == {n: i["InstanceId"] for n, i in before.items()}
-    assert {n: (i["InstanceType"], i["State"]["Name"]) for n, i in after.items()} == {
-        n: ("c7i.large" if n == "orchestrator" else "m7i.large", "running") for n in before
-    }
-    # one node at a time, workers in order (each change waits until the node runs again)
-    changes = [line for line in run.output.splitlines() if "c7i.large -> m7i.large" in line]
-    assert [line.split("=> (item=")[1].split()[0] for line in changes] == sorted(
-        (n for n in before if n != "orchestrator"), key=lambda n: int(n.split("-")[1])
+    token = tmp_path / "admin-token"
+    token.write_text(FakeOrchestratorAdmin.TOKEN + "\n")
+    local_orchestrator = tmp_path / "orchestrator.yml"
+    local_orchestrator.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "hosts": {
+                        f"{FLEET}-orchestrator": {
+                            "ansible_connection": "local",
+                            "ansible_python_interpreter": sys.executable,
+                        }
+                    }
+                }
+            }
+        )
     )
-    assert provision(*resize).check().changed == 0
+    with FakeOrchestratorAdmin(ec2) as admin:
+        resize = [
+            *shape,
+            "-i",
+            str(local_orchestrator),
+            "-e",
+            f"fleet_admin_url=http://127.0.0.1:{admin.port}",
+            "-e",
+            f"fleet_admin_token_file={token}",
+            "-e",
+            "aws_fleet_worker_instance_type=m7i.large",
+            "-e",
+            "aws_fleet_allow_instance_type_change=true",
+        ]
+        run = provision(*resize).check()
+        assert run.changed > 0
+        workers = sorted((n for n in before if n != "orchestrator"), key=lambda n: int(n.split("-")[1]))
+        expected = []
+        for node in workers:
+            expected += [("drain", node, "c7i.large", "running"), ("ready", node, "m7i.large", "running")]
+        assert admin.events == expected
+        after = nodes(ec2)
+        assert {n: i["InstanceId"] for n, i in after.items()} == {
+            n: i["InstanceId"] for n, i in before.items()
+        }
+        assert {n: (i["InstanceType"], i["State"]["Name"]) for n, i in after.items()} == {
+            n: ("c7i.large" if n == "orchestrator" else "m7i.large", "running") for n in before
+        }
+        assert provision(*resize).check().changed == 0
+        assert admin.events == expected, "nothing drained when nothing changes"
+        # without the orchestrator in the inventory, a worker is not stopped undrained
+        run = provision(
+            *shape,
+            "-e",
+            "aws_fleet_worker_instance_type=c7i.large",
+            "-e",
+            "aws_fleet_allow_instance_type_change=true",
+            "-e",
+            "fleet_orchestrator_group=nobody",
+        )
+        assert run.rc != 0
+        assert "each worker is drained in the orchestrator first" in run.output
+        assert {i["InstanceType"] for n, i in nodes(ec2).items() if n != "orchestrator"} == {"m7i.large"}
 
 
 def test_teardown_removes_exactly_the_fleet(

@@ -112,6 +112,9 @@ def test_the_policy_covers_the_fleets_whole_life(iam_env: dict[str, str], tmp_pa
         "aws_fleet_worker_instance_type=m7i.large",
         "-e",
         "aws_fleet_allow_instance_type_change=true",
+        # (no orchestrator serves on moto's instances: test_aws_fleet drains through a fake one)
+        "-e",
+        "aws_fleet_drain_on_type_change=false",
     ]
     assert provision("-e", "fleet_worker_count=1", *resize).check().changed > 0
     listing = run(iam_env, "ansible-inventory", "-i", "inventory/aws_ec2.yml", "--graph").check()
