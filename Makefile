@@ -12,7 +12,7 @@ TEST_JOBS ?= 2
 # process, its tests in order (they share module fixtures: a moto fleet, a server).
 PYTEST_WORKERS ?= auto
 
-.PHONY: help setup lint test test-python test-ansible demo image bench bench-worker bench-mlserver bench-batching bench-orchestrator mutation lock clean
+.PHONY: help setup lint test test-python test-ansible demo image bench bench-worker bench-mlserver bench-batching bench-orchestrator bench-front-door mutation lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,13 +49,16 @@ bench-worker: setup ## one worker vs onnxruntime in-process (prints figures)
 bench-orchestrator: setup ## the orchestrator against HAProxy on the same sim containers (prints figures)
 	python -m bench.orchestrator_vs_haproxy
 
+bench-front-door: setup ## the whole front door (edge + orchestrator, HTTPS) against HAProxy alone with TLS (prints figures)
+	python -m bench.front_door
+
 bench-mlserver: setup ## one worker against MLServer (own venv under .cache/bench), OIP v2 JSON (prints figures)
 	python -m bench.worker_vs_mlserver
 
 bench-batching: setup ## 8 workers behind the orchestrator, batching off and on, wrk at 8 and 32 clients (prints figures)
 	python -m bench.fleet_batching
 
-bench: bench-worker bench-mlserver bench-batching bench-orchestrator ## every benchmark (prints figures)
+bench: bench-worker bench-mlserver bench-batching bench-orchestrator bench-front-door ## every benchmark (prints figures)
 
 mutation: setup ## mutation testing of the orchestrator core (mutmut, about 15 min; not in make test)
 	rm -rf .cache/mutation && mkdir -p .cache/mutation

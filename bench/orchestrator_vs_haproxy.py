@@ -195,19 +195,43 @@ def measure_retrying(service_ms: float, args: argparse.Namespace, work: Path, sc
     raise AssertionError("unreachable")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+TABLE = {"req/s": 9, "effic.": 7, "p50 ms": 8, "p99 ms": 8, "errors": 6, "CPU µs/req": 10, "vs HAProxy": 10}
+
+
+def arguments(description: str, each: str) -> argparse.ArgumentParser:
+    """The options this benchmark shares with bench/front_door.py."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--duration", type=int, default=4, help="seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating runs per proxy (best kept)")
+    parser.add_argument("--rounds", type=int, default=2, help=f"alternating runs per {each} (best kept)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--service-ms", type=float, nargs="+", default=[1.0, 5.0, 20.0])
-    parser.add_argument("--access-log", action="store_true", help="keep the orchestrator's JSON request log")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--baseline", type=Path, metavar="DIR", help="also measure DIR/app's orchestrator")
-    args = parser.parse_args()
+    return parser
+
+
+def require_tools() -> None:
     for tool in ("wrk", "haproxy"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: make setup installs it (apt-get install {tool})")
+
+
+def print_header(args: argparse.Namespace, detail: str, load_before: float, columns: dict[str, int]) -> None:
+    """The run's conditions, then the table's column names (``columns``: name -> width)."""
+    print(
+        f"{CONTAINERS} sim containers, wrk -t1 -c{args.connections}, best of {args.rounds} alternating "
+        f"{args.duration}s runs, {detail}, "
+        f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    )
+    names = list(columns)
+    print(f"{'service':>8} {names[0]:<13} " + " ".join(f"{c:>{w}}" for c, w in list(columns.items())[1:]))
+
+
+def main() -> int:
+    parser = arguments(__doc__.splitlines()[0], "proxy")
+    parser.add_argument("--access-log", action="store_true", help="keep the orchestrator's JSON request log")
+    parser.add_argument("--baseline", type=Path, metavar="DIR", help="also measure DIR/app's orchestrator")
+    args = parser.parse_args()
+    require_tools()
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="onnxfleet-bench-"))
     script = work / "post.lua"
@@ -218,16 +242,8 @@ def main() -> int:
         ]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(
-        f"{CONTAINERS} sim containers, wrk -t1 -c{args.connections}, best of {args.rounds} alternating "
-        f"{args.duration}s runs, orchestrator access log {'on' if args.access_log else 'off'}, "
-        f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-    )
-    columns = ("req/s", "effic.", "p50 ms", "p99 ms", "errors", "CPU µs/req", "vs HAProxy")
-    widths = (9, 7, 8, 8, 6, 10, 10)
-    print(
-        f"{'service':>8} {'proxy':<13} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))
-    )
+    columns = {"proxy": 13, **TABLE}
+    print_header(args, f"orchestrator access log {'on' if args.access_log else 'off'}", load_before, columns)
     for row in rows:
         print(
             f"{row['service_ms']:>6g}ms {row['proxy']:<13} {row['rps']:>9.1f} {row['efficiency']:>7.3f} "

@@ -8,8 +8,9 @@ once. Tests and benchmarks read what each port saw (``GET /stats``: requests ser
 highest concurrency observed, the arrival order of ``X-Request-Id``) and switch ports into
 failure modes (``POST /admin/mode``): ``ok``, ``fail`` (500), ``refuse`` (listener closed,
 connections reset), ``drop`` (connection closed on each inference request, no answer),
-``hang`` (never answers), ``vanish`` (neither inference nor ``/readyz`` answers: a stopped
-host, which sends no reset), ``unready`` (``/readyz`` 503). ``service_ms`` in the same body
+``drop_once`` (the same for the next inference request only, then ``ok``), ``hang``
+(never answers), ``vanish`` (neither inference nor ``/readyz`` answers: a stopped host,
+which sends no reset), ``unready`` (``/readyz`` 503). ``service_ms`` in the same body
 makes a port slow. A ``--control`` port (not a container) reaches every port by number.
 
 ``--echo-model``: the ports serve a model named ``echo`` as the worker serves one (the same
@@ -30,7 +31,7 @@ from typing import Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-MODES = ("ok", "fail", "refuse", "drop", "hang", "vanish", "unready")
+MODES = ("ok", "fail", "refuse", "drop", "drop_once", "hang", "vanish", "unready")
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -299,7 +300,9 @@ class _Conn(asyncio.Protocol):
         port.received += 1
         request_id = headers.get("x-request-id", "")
         port.order.extend(request_id.split(","))  # a merged call lists its requests' ids
-        if port.mode == "drop":
+        if port.mode in ("drop", "drop_once"):
+            if port.mode == "drop_once":  # the next one is answered
+                port.mode = "ok"
             self.abort()
             return
         self.busy = True

@@ -25,7 +25,7 @@ from onnxfleet.orchestrator.merging import INFER, RUN_MODEL, Part, merged_reques
 from onnxfleet.orchestrator.roster import Container, Roster
 from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec, RoutesError, parse_table
 from onnxfleet.orchestrator.server import Request
-from onnxfleet.orchestrator.upstream import Response
+from onnxfleet.orchestrator.upstream import ClosedBeforeResponse, Response
 from onnxfleet.simbackend import ECHO_MODEL, EchoModel
 from tests.orchestrator.batch_support import FORMATS, client_request
 
@@ -550,6 +550,48 @@ def test_a_batch_without_an_answer_gives_each_member_its_error() -> None:
         assert [type(h.answers.get(n)) for n in range(3)] == [GatewayTimeout, type(None), GatewayTimeout]
         assert h.batcher.resent_singly == 0
         assert not h.dispatcher.queue
+
+    asyncio.run(main())
+
+
+def test_a_batch_its_container_closed_on_sends_each_member_once_more_alone_elsewhere() -> None:
+    """No answer byte to a merged call: split, each member once more, alone (never merged
+    again: one of them may be what crashed the container), to the other containers while
+    they serve; a member closed on again gets 502. Nobody is ejected."""
+    closed = "connection closed before any answer (EOF)"
+
+    async def main() -> None:
+        h = Harness(max_batch_size=8)
+        members = [h.submit(n, 1) for n in range(3)]
+        h.batcher.flush()
+        call, x = h.running.pop()
+        assert isinstance(call, Batch)
+        h.forwarder._failed(call, x, None, ClosedBeforeResponse(closed))
+        assert h.forwarder.retried == 3
+        assert h.calls[1:] == [m for m in members if m.key is None], "alone, in order"
+        assert not any(isinstance(ex, Batch) for ex in h.calls[1:])
+        assert h.running, "the others serve"
+        assert all(c is not x for _, c in h.running), "not back to the container that closed"
+        assert [h.dispatcher.position(m) for m in members if m.key is not None] in ([], [0])
+        first, y = h.running.pop(0)
+        assert first is members[0]
+        h.forwarder._failed(first, y, None, ClosedBeforeResponse(closed))
+        error = h.answers[0]
+        assert isinstance(error, HTTPError)
+        assert (error.status, error.code, error.message) == (
+            502,
+            "upstream_error",
+            f"{y.name} closed the connection without an answer",
+        )
+        while h.running:
+            h.answer(0)
+        for n in (1, 2):
+            answer = h.answers[n]
+            assert isinstance(answer, Response)
+            assert json.loads(answer.body)["outputs"]["y"] == h.values[n]
+        assert all(c.healthy for c in h.dispatcher.containers)
+        assert h.forwarder.retried == 3
+        assert h.batcher.status()["calls"] == 4  # the batch, then each alone
 
     asyncio.run(main())
 

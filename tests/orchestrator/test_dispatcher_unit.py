@@ -551,3 +551,59 @@ def test_a_removed_container_before_others_does_not_stop_a_reload() -> None:
         assert d.roster.endpoints[("b", 1)].pool.max_idle == 3  # 2 slots + 1
 
     scenario(body)
+
+
+def test_a_request_sent_again_after_an_empty_answer_avoids_that_address_while_another_serves() -> None:
+    """It waits at the head for another container's slot (another node's first); the
+    requests behind it take the avoided address's free slot meanwhile; with no other
+    container in service it goes to the same address again."""
+
+    async def main() -> None:
+        h = Harness(table=[spec("a/0", "a"), spec("a/1", "a2"), spec("b/0", "b")])
+        d = h.dispatcher
+        a0, a1, b0 = (d.roster.by_name[n] for n in ("a/0", "a/1", "b/0"))
+        first = h.submit()
+        assert h.running[-1] == (first, a0)
+        # a/0 closed on it: sent again, a/0 to avoid: b/0 (another node) before a/1
+        h.running.pop()
+        d.release(a0)
+        first.avoid = a0
+        d.submit(first, priority=True)
+        assert h.running[-1] == (first, b0)
+        filler = h.submit()
+        assert h.running[-1] == (filler, a1)
+        # only a/0 is free: the next re-sent request waits, the one behind it takes a/0
+        again = h.exchange()
+        again.avoid = a0
+        d.submit(again, priority=True)
+        assert again.key is not None, "it waits for another address"
+        behind = h.submit()
+        assert h.running[-1] == (behind, a0), "the one behind it takes a/0's slot"
+        assert d.position(again) == 0
+        h.check()
+        h.answer(0)  # b/0 answered `first`: the re-sent request takes b/0
+        assert h.running[-1] == (again, b0)
+        assert not d.queue
+        h.check()
+        # with no other container in service, the same address
+        lone = Harness(table=[spec("a/0", "a"), spec("b/0", "b")])
+        la, lb = (lone.dispatcher.roster.by_name[n] for n in ("a/0", "b/0"))
+        lone.health(lb, False)
+        ex = lone.exchange()
+        ex.avoid = la
+        lone.dispatcher.submit(ex, priority=True)
+        assert lone.running[-1] == (ex, la)
+        # and one that waits for b goes to a when b leaves service
+        two = Harness(table=[spec("a/0", "a"), spec("b/0", "b")])
+        la, lb = (two.dispatcher.roster.by_name[n] for n in ("a/0", "b/0"))
+        two.submit()  # to a
+        two.submit()  # to b
+        two.answer(0)  # a free, b busy
+        waiting = two.exchange()
+        waiting.avoid = la
+        two.dispatcher.submit(waiting, priority=True)
+        assert waiting.key is not None
+        two.health(lb, False)
+        assert two.running[-1] == (waiting, la)
+
+    asyncio.run(main())

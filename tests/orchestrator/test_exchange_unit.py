@@ -36,7 +36,8 @@ def test_a_request_whose_answer_had_begun_is_never_sent_again() -> None:
 
 def test_a_reused_connection_closed_by_the_container_is_retried_on_a_fresh_one() -> None:
     """The keep-alive race: the container closes an idle connection just as it is reused.
-    That is not a failure of the container: same container, new connection, no ejection."""
+    An empty answer like any other: sent once more (the only container: the same one, on
+    a new connection), no ejection, not counted as the container's error."""
 
     async def close_on_second(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
         if n == 0:
@@ -55,8 +56,9 @@ def test_a_reused_connection_closed_by_the_container_is_retried_on_a_fresh_one()
             assert second.response.status == 200
             assert len(a.requests) == 3  # 1, then 2 on the old connection, then 2 on a new one
             assert a.connections == 2
-            assert fleet.container("a").healthy
-            assert fleet.forwarder.retried == 0
+            c = fleet.container("a")
+            assert (c.healthy, c.errors, c.inflight) == (True, 0, 0)
+            assert fleet.forwarder.retried == 1
 
     run(main)
 
@@ -395,11 +397,46 @@ def test_requests_on_a_reused_connection_are_handed_on_when_their_container_fail
     run(main)
 
 
-def test_a_container_that_closes_without_an_answer_gets_no_second_request() -> None:
-    async def close(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
-        return False
+async def close(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
+    """Reads the request and closes the connection without an answer (a crash)."""
+    return False
+
+
+def test_a_request_a_container_closed_on_goes_once_more_to_another_and_ejects_nobody() -> None:
+    """HAProxy's retry-on empty-response + option redispatch: no answer byte, so sent once
+    more, to another container; the one that closed stays in service (health checks decide)."""
 
     async def main() -> None:
+        async with Scripted(close) as a, Scripted(answer_ok) as b:
+            fleet = Fleet([a.spec("a"), b.spec("b")])
+            ex = await fleet.outcome()  # a first: the least loaded, first in the table
+            assert ex.response is not None
+            assert ex.response.status == 200
+            assert ex.container is fleet.container("b")
+            assert (len(a.requests), len(b.requests), ex.attempts, fleet.forwarder.retried) == (1, 1, 1, 1)
+            c = fleet.container("a")
+            assert (c.healthy, c.errors, c.inflight) == (True, 1, 0)
+            assert c.last_error == "connection closed before any answer (EOF)"
+
+    run(main)
+
+
+def test_a_request_closed_on_twice_gets_502_after_two_sends() -> None:
+    """A request after which every container closes (a poison request) runs twice, not
+    more: 502, nobody ejected. With one container in service, the second send goes to
+    the same one on a fresh connection."""
+
+    async def main() -> None:
+        async with Scripted(close) as a, Scripted(close) as b, Scripted(close) as c3:
+            fleet = Fleet([a.spec("a"), b.spec("b"), c3.spec("c")], retries=5)
+            ex = await fleet.outcome()
+            assert ex.error is not None
+            assert (ex.error.status, ex.error.code) == (502, "upstream_error")
+            assert ex.error.message == "b closed the connection without an answer"
+            assert ex.error.extra == {"container": "b"}
+            assert [len(s.requests) for s in (a, b, c3)] == [1, 1, 0]
+            assert all(c.healthy for c in fleet.dispatcher.containers)
+            assert fleet.forwarder.retried == 1
         async with Scripted(close) as a, Scripted(answer_ok) as b:
             fleet = Fleet([a.spec("a"), b.spec("b")])
             fleet.dispatcher.set_draining([fleet.container("b")], True)
@@ -408,10 +445,61 @@ def test_a_container_that_closes_without_an_answer_gets_no_second_request() -> N
                 assert ex.error is not None
                 assert (ex.error.status, ex.error.code) == (502, "upstream_error")
                 assert ex.error.message == "a closed the connection without an answer"
-                assert ex.error.extra == {"container": "a"}
             c = fleet.container("a")
-            assert (c.errors, c.healthy, c.inflight) == (2, True, 0)
-            assert (len(a.requests), len(b.requests), fleet.forwarder.retried) == (2, 0, 0)
+            assert (c.errors, c.healthy, c.inflight) == (4, True, 0)
+            assert (len(a.requests), a.connections, len(b.requests), fleet.forwarder.retried) == (4, 4, 0, 2)
+        async with Scripted(close) as a:
+            fleet = Fleet([a.spec("a")], retries=0)  # --retries 0: no re-send of any kind
+            ex = await fleet.outcome()
+            assert ex.error is not None
+            assert ex.error.code == "upstream_error"
+            assert len(a.requests) == 1
+
+    run(main)
+
+
+def test_a_container_that_closes_once_answers_the_request_sent_again() -> None:
+    """The same container (the only one) after a reconnect, on a fresh connection."""
+    closed: list[int] = []
+
+    async def close_once(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:
+        if not closed:
+            closed.append(1)
+            return False
+        writer.write(OK)
+        return True
+
+    async def main() -> None:
+        async with Scripted(close_once) as a:
+            fleet = Fleet([a.spec("a")])
+            ex = await fleet.outcome()
+            assert ex.response is not None
+            assert ex.response.status == 200
+            assert (len(a.requests), a.connections, ex.attempts) == (2, 2, 1)
+            assert fleet.container("a").healthy
+
+    run(main)
+
+
+def test_the_request_sent_again_waits_for_another_containers_slot() -> None:
+    """While another container is in service, the re-send never goes back to the address
+    that closed on it: it waits at the head of the queue for another slot, and the next
+    request takes the free slot meanwhile. A second container of its node comes after
+    every container of another node."""
+
+    async def main() -> None:
+        async with Scripted(close) as a, Scripted(answer_after(0.2)) as b:
+            fleet = Fleet([a.spec("a"), b.spec("b")])
+            _, busy_done = fleet.send()  # to a (first in the table): closes
+            await asyncio.sleep(0)
+            _, other_done = fleet.send()  # to b, which takes 0.2 s
+            started = time.monotonic()
+            done = await asyncio.wait_for(busy_done, 5)
+            assert done.response is not None
+            assert done.container is fleet.container("b")
+            assert time.monotonic() - started >= 0.15  # it waited for b's slot
+            assert (await asyncio.wait_for(other_done, 5)).response is not None
+            assert len(a.requests) == 1
 
     run(main)
 

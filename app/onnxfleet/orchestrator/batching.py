@@ -11,8 +11,9 @@ A request that could start at once waits for others to join it: until the end of
 event-loop turn (those that arrived with it), or ``max_delay_ms`` (Triton's
 ``max_queue_delay``), unless enough are already there for a full batch.
 
-A batch ends for each member on its own: its rows of a 200; the batch's error (no
-answer, timeout); or, for any other answer (the container refused or failed the merged
+A batch ends for each member on its own: its rows of a 200; the batch's error (a
+timeout, a cut answer); once more alone when the container closed without an answer
+(exchange.py: re-sends); or, for any other answer (the container refused or failed the merged
 call) and one that does not split, the member is sent again, alone, at the head of the
 queue: what a container answers to it alone is its answer. A member whose deadline
 passes while its batch runs is answered 504 and its rows are dropped; one whose client

@@ -9,6 +9,11 @@ All state changes are plain (non-async) methods on the event loop thread, so "fi
 free slot and take it" is atomic by construction: the races of the hand-written seeds
 (two requests reserving one container, a queue nothing drains) cannot happen. Handing
 over is a loop, never a recursion: a burst of expired requests is answered one by one.
+
+One exception to "the head takes the first free slot": a request sent again after a
+container closed on it without an answer (``Exchange.avoid``) waits for a slot of
+another container while one is in service; the requests behind it take that address's
+slots meanwhile.
 """
 
 from __future__ import annotations
@@ -47,10 +52,12 @@ class Dispatcher:
         self.batcher: Batcher | None = None  # set while batching is on (batching.py)
 
     # -- choosing a slot ------------------------------------------------------------------
-    def _pick(self) -> Container | None:
+    def _pick(self, avoid: Container | None = None) -> Container | None:
         """The least loaded accepting container with a free slot (round-robin among equals)."""
         if not self.dispatching:
             return None
+        if avoid is not None:
+            return self._pick_avoiding(avoid)
         containers = self.containers
         n = len(containers)
         best: Container | None = None
@@ -68,6 +75,27 @@ class Dispatcher:
         if best is not None:
             self._rr = (start + best_i + 1) % n
         return best
+
+    def _pick_avoiding(self, avoid: Container) -> Container | None:
+        """For a request ``avoid`` closed on without an answer: a free container of another
+        node first, then another container of its node, then its own address."""
+        best: Container | None = None
+        best_rank = (3, 2.0)
+        for c in self.containers:
+            if c.free:
+                where = 2 if c.endpoint is avoid.endpoint else 1 if c.node == avoid.node else 0
+                rank = (where, c.endpoint.inflight / c.max_concurrency)
+                if rank < best_rank:
+                    best, best_rank = c, rank
+        return best
+
+    def _shuns(self, ex: Exchange, c: Container) -> bool:
+        """``ex`` must not go to ``c``: its address closed on it, and another container is in
+        service (it waits for that one's slot; with none, it goes to the same one again)."""
+        avoid = ex.avoid
+        if avoid is None or c.endpoint is not avoid.endpoint:
+            return False
+        return any(o.accepting and o.endpoint is not avoid.endpoint for o in self.containers)
 
     def any_accepting(self) -> bool:
         return any(c.accepting for c in self.containers)
@@ -98,7 +126,9 @@ class Dispatcher:
             return
         batcher = self.batcher if ex.part is not None else None
         if not self.queue:
-            c = self._pick()
+            # (a request sent again after an empty answer goes through the queue:
+            # dispatch() chooses where, avoiding the container that closed on it)
+            c = self._pick() if ex.avoid is None else None
             if c is not None:
                 if batcher is None or self.queue_spec.max_length == 0:
                     self._start(ex, c)
@@ -116,7 +146,9 @@ class Dispatcher:
                 full = f"the queue is full ({self.queue_bytes} bytes of requests waiting): retry later"
                 raise self._count(QueueFull(full, retry_after=self.retry_after()))
         self._enqueue(ex, priority)
-        if priority:
+        if priority or next(iter(self.queue.values())).avoid is not None:
+            # a re-send; or a re-sent request waits at the head while a slot it avoids
+            # is free: this one may take it
             self.dispatch()
         elif batcher is not None:
             batcher.queued()
@@ -199,19 +231,27 @@ class Dispatcher:
     def dispatch(self) -> None:
         """Hand free slots to the head of the queue, in order."""
         while self.queue:
-            c = self._pick()
+            c = self._pick(next(iter(self.queue.values())).avoid)
             if c is None:
                 return
-            ex = self._pop_head()
+            ex = self._pop_head(c)
             if ex is None:
                 return
             self._start(ex, c)
 
-    def _pop_head(self) -> Exchange | None:
-        """The first queued request still worth sending, out of the queue."""
+    def _pop_head(self, c: Container) -> Exchange | None:
+        """The first queued request still worth sending that may go to ``c``, out of the queue."""
         while self.queue:
-            ex = next(iter(self.queue.values()))
+            ex = self._first_for(c)
+            if ex is None:
+                return None
             if self.take(ex):
+                return ex
+        return None
+
+    def _first_for(self, c: Container) -> Exchange | None:
+        for ex in self.queue.values():
+            if ex.avoid is None or not self._shuns(ex, c):
                 return ex
         return None
 
@@ -250,7 +290,7 @@ class Dispatcher:
         if c.free:
             # A queue means every other container is full (dispatch runs after every
             # change), so the slot just freed is the one to fill: no need to look for it.
-            ex = self._pop_head()
+            ex = self._pop_head(c)
             if ex is not None:
                 self._start(ex, c)
         else:

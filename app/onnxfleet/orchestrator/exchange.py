@@ -7,14 +7,17 @@ answer is read, and discarded if the client is gone) or its connection closed, s
 client's deadline, a client leaving or a container failing its health checks never
 frees a slot the container is still computing in (a late answer frees it).
 
-Re-sending: a request is sent again, at the head of the queue, only when it cannot have
-been computed: the connection could not be made (``--retries`` times; the container is
-ejected, at most one per request), or the container failed its health checks before
-answering (a stopped host sends no reset). A request that reached a container that then
-closed the connection may have crashed it: never sent again (HAProxy's ``retry-on
-conn-failure``). A pooled keep-alive connection that the container had closed
-meanwhile is retried once on a fresh connection to the same container (the ordinary
-keep-alive race, not a failure).
+Re-sending (HAProxy's ``retry-on conn-failure empty-response`` with ``option
+redispatch``): a request is sent again, at the head of the queue, at most ``--retries``
+times in all, when it got no answer byte: the connection could not be made (the container
+is ejected, at most one per request), the container failed its health checks before
+answering (a stopped host sends no reset), or the connection closed or reset after the
+request was written and before the status line. That last one only once per request: a
+request after which containers close may be what crashes them, so it runs twice at most,
+and the empty answer ejects nobody (the health checks decide). The second send goes to
+another container when one is in service (the dispatcher's ``avoid``), else to the same
+one, always on a fresh connection. A request whose answer had begun, or that timed out,
+is never sent again.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class Exchange:
     __slots__ = (
         "arrived",
         "attempts",
+        "avoid",
         "container",
         "data",
         "deadline",
@@ -75,6 +79,7 @@ class Exchange:
         self.sent_at = 0.0
         self.waited = 0.0  # seconds spent in the queue (all attempts)
         self.attempts = 0  # re-sends so far
+        self.avoid: Container | None = None  # it got an empty answer from this one: sent again elsewhere
         self.ejected = False  # a request ejects one container at most
         self.container: Container | None = None
         self.done = False
@@ -149,7 +154,9 @@ class Forwarder:
         ex.sent_at = now = time.monotonic()
         if ex.deadline is not None and ex.timer is None:
             ex.timer = loop.call_later(ex.deadline - now, self.deadline_passed, ex)
-        conn = c.endpoint.pool.take_idle()
+        # a request sent again after an empty answer goes on a fresh connection: a pooled
+        # one closed meanwhile (the keep-alive race) would end it with no re-send left
+        conn = c.endpoint.pool.take_idle() if ex.avoid is None else None
         if conn is not None:
             c.endpoint.sending.add(conn)
             conn.send(ex.data, self.upstream_timeout, self._on_answer, ex, c)
@@ -215,13 +222,10 @@ class Forwarder:
     def _failed(
         self, ex: Exchange | None, c: Container, conn: Connection | None, error: UpstreamError
     ) -> None:
-        if isinstance(error, ClosedBeforeResponse) and conn is not None and conn.reused and ex is not None:
-            # the keep-alive race: the container closed an idle connection we reused; the
-            # fresh connection is not "reused", so this happens once per request at most
-            self._connect_then_send(ex, c)
-            return
-        c.errors += 1
-        c.last_error = str(error)
+        if not (isinstance(error, ClosedBeforeResponse) and conn is not None and conn.reused):
+            # (an idle connection the container closed as we reused it is the keep-alive race)
+            c.errors += 1
+            c.last_error = str(error)
         self._end(c)
         if isinstance(error, ConnectFailed):
             # nothing reached the container: eject it (once per request) and send elsewhere
@@ -235,20 +239,28 @@ class Forwarder:
             return
         if ex is None:
             return
-        if isinstance(error, UpstreamTimeout):
+        if isinstance(error, ClosedBeforeResponse):
+            if ex.avoid is None and ex.attempts < self.retries:
+                # no answer byte: once more, elsewhere; it ejects nobody (it may be the
+                # request that crashes containers: twice at most)
+                self._resend(ex, c, str(error), avoid=True)
+            else:
+                closed = f"{c.name} closed the connection without an answer"
+                ex.finish(None, UpstreamFailed(closed, container=c.name))
+        elif isinstance(error, UpstreamTimeout):
             ex.finish(None, GatewayTimeout(f"{c.name} gave no answer within {self.upstream_timeout:g}s"))
-        elif isinstance(error, ClosedBeforeResponse):
-            # it may have crashed the container: never sent again (HAProxy's retry-on conn-failure)
-            ex.finish(
-                None, UpstreamFailed(f"{c.name} closed the connection without an answer", container=c.name)
-            )
         else:
             ex.finish(
                 None, UpstreamFailed(f"{c.name} sent a malformed or incomplete answer", container=c.name)
             )
 
-    def _resend(self, ex: Exchange, c: Container, reason: str) -> None:
-        """Send ``ex`` again elsewhere (it got no answer byte from ``c``), or give up."""
+    def _resend(self, ex: Exchange, c: Container, reason: str, avoid: bool = False) -> None:
+        """Send ``ex`` again (it got no answer byte from ``c``), or give up.
+
+        ``avoid``: ``c`` closed the connection after the request was written: the request
+        goes to another container if one is in service, alone (never merged again), and
+        gets no further re-send of that kind. A batch's members each go that way.
+        """
         if ex.done:
             return
         if ex.attempts >= self.retries:
@@ -264,6 +276,17 @@ class Forwarder:
         if ex.timer is not None:  # the deadline timer: armed again when it is sent
             ex.timer.cancel()
             ex.timer = None
+        if avoid:
+            again = ex.members if isinstance(ex, Batch) else [ex]
+            for m in again:
+                m.avoid, m.attempts = c, ex.attempts
+                if m.part is not None:
+                    m.part.alone()
+            if isinstance(ex, Batch):
+                again = [m for m in again if not m.done]
+                self.retried += len(again)
+                self.dispatcher.requeue(again)
+                return
         self.retried += 1
         try:
             self.dispatcher.submit(ex, priority=True)
