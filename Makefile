@@ -5,6 +5,12 @@ VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 PYTEST ?= pytest
+# make test runs the Python suites and the Ansible tier side by side (2), or one after
+# the other (TEST_JOBS=1: slower, but no timing test meets the other tier's load).
+TEST_JOBS ?= 2
+# Processes the Python suites are spread over (pytest-xdist); each test file stays in one
+# process, its tests in order (they share module fixtures: a moto fleet, a server).
+PYTEST_WORKERS ?= auto
 
 .PHONY: help setup lint test test-python test-ansible demo image bench bench-worker bench-mlserver bench-batching bench-orchestrator bench-front-door mutation lock clean
 
@@ -19,13 +25,17 @@ lint: setup ## ruff, mypy
 	ruff format --check .
 	mypy --config-file app/pyproject.toml app/onnxfleet
 
-test-python: setup ## the pytest suite (real services, real containers)
-	$(PYTEST) tests --ignore=tests/ansible
+test-python: setup ## the pytest suite (real services, real containers), a process per core
+	$(PYTEST) tests --ignore=tests/ansible -n $(PYTEST_WORKERS) --dist loadfile
 
 test-ansible: setup ## ansible-lint, syntax, local fleet, molecule scenarios (real DinD nodes)
 	$(PYTEST) tests/ansible
 
-test: setup lint test-python test-ansible ## the whole suite (what CI runs)
+# The Ansible tier mostly waits (nodes booting, packages, image loads, drains under load)
+# and the Python suites fill those waits: both run side by side, each one's output shown
+# whole when it ends.
+test: setup lint ## the whole suite (what CI runs)
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target test-python test-ansible
 
 demo: ## setup, then deploy the local fleet with site.yml and show a prediction
 	@scripts/demo.sh
