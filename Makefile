@@ -5,9 +5,9 @@ VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 PYTEST ?= pytest
-# make test runs the Python suites and the Ansible tier side by side (2), or one after
-# the other (TEST_JOBS=1: slower, but no timing test meets the other tier's load).
-TEST_JOBS ?= 2
+# make test runs the Python suites and the Ansible tier one after the other (1), or side
+# by side (TEST_JOBS=2: faster on an idle machine, but timing tests meet the other tier's load).
+TEST_JOBS ?= 1
 # Processes the Python suites are spread over (pytest-xdist); each test file stays in one
 # process, its tests in order (they share module fixtures: a moto fleet, a server).
 PYTEST_WORKERS ?= auto
