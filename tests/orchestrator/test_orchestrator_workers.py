@@ -24,6 +24,9 @@ def _refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except OSError:
+        # reset or timed out: the orphaned gunicorn worker still holds the socket as it dies
+        return False
     return False
 
 
