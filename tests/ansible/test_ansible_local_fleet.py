@@ -57,6 +57,7 @@ class Fleet:
     """A playbook directory and the fleet's own state directory (XDG_STATE_HOME)."""
 
     tmp: Path
+    output: str = ""  # the last converge's
 
     @property
     def state_dir(self) -> Path:
@@ -73,6 +74,7 @@ class Fleet:
     def converge(self, *extra: str, playbook: str = NODES_PLAYBOOK) -> dict[str, dict[str, int]]:
         proc = run(["ansible-playbook", str(self.playbook(playbook)), *extra], env=self.env())
         assert proc.returncode == 0, explain(proc)
+        self.output = proc.stdout
         return recap(proc.stdout)
 
     def inventory(self) -> dict[str, object]:
@@ -98,6 +100,10 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet
     shape = ["-e", "fleet_worker_count=2", "-e", f"fleet_published_port={port}"]
     assert fleet.converge(*shape)["localhost"]["changed"] > 0
     assert fleet.converge(*shape)["localhost"]["changed"] == 0, "a second run must change nothing"
+    # ... and sets up no node again: a node whose known_hosts line is there is not touched
+    for task in ("Authorize the fleet's key", "Wait until those nodes answer SSH", "Write their host keys"):
+        calls = fleet.output.split(f"local_fleet : {task}", 1)[1].split("TASK [", 1)[0]
+        assert "ok: [" not in calls, f"{task}: ran on a converged node\n{calls}"
 
     nodes = [f"{FLEET}-worker-1", f"{FLEET}-worker-2", f"{FLEET}-orchestrator"]
     assert fleet_objects() == {

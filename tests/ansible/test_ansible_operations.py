@@ -1,9 +1,9 @@
 """Operations under load on the session's fleet (4 workers x 2 containers): every
 scenario runs steady load through the orchestrator, counts every request, and none may
-fail. In order: rollout to version 2; a worker node stopped; scale out 4 -> 5 in the
+fail. In order: rollout to version 2; a worker node stopped; scale out 4 -> 6 in the
 run that brings the stopped node back (site.yml keeps version 2 in service and replaces
-no serving container; the new node joins at version 2, with version 1 to roll back to);
-rollback of all five; a broken rollout; a worker container killed; scale in 5 -> 3; then
+no serving container; the new nodes join at version 2, with version 1 to roll back to);
+rollback of all six; a broken rollout; a worker container killed; scale in 6 -> 3; then
 the orchestrator's restart and an upgrade of its image, each a blue/green hand-over
 behind the edge. The load goes through the edge (HTTPS, the client token).
 
@@ -318,8 +318,8 @@ def test_rollout_switches_the_version_node_by_node_drained(ops: DeployedFleet, t
 
 
 def test_site_yml_after_a_rollout_keeps_it_and_a_new_node_joins_at_it(ops: DeployedFleet) -> None:
-    """A stopped node comes back and the fleet scales out 4 -> 5 in one site.yml run:
-    the serving nodes keep version 2 (no container replaced), the new one joins at 2."""
+    """A stopped node comes back and the fleet scales out 4 -> 6 in one site.yml run:
+    the serving nodes keep version 2 (no container replaced), the new ones join at 2."""
     before = {node: container_ids(node) for node in worker_nodes(ops)}
     stopped = f"{ops.name}-worker-2"
     with under_load(ops) as watched:
@@ -331,27 +331,28 @@ def test_site_yml_after_a_rollout_keeps_it_and_a_new_node_joins_at_it(ops: Deplo
 
     docker("start", stopped)
     with under_load(ops) as watched:
-        proc = playbook(ops, "site.yml", "-e", "fleet_worker_count=5")
+        proc = playbook(ops, "site.yml", "-e", "fleet_worker_count=6")
         assert proc.returncode == 0, explain(proc)
-        wait_until("10 containers serve", lambda: all_up(ops, 10), 90)
+        wait_until("12 containers serve", lambda: all_up(ops, 12), 90)
     served = Counter(r.container for r in watched.results.records)
-    watched.check("scale out 4 -> 5", served=dict(served))
+    watched.check("scale out 4 -> 6", served=dict(served))
     assert {r.version for r in watched.results.records} == {"2"}
     # nodes, not containers: with batching a few containers can carry 8 clients, and the
-    # last in the table may get none in a short run (all 10 are ready: all_up above)
-    assert {"worker-5", "worker-2"} <= {name.split("/")[0] for name in served}, served
+    # last in the table may get none in a short run (all 12 are ready: all_up above)
+    assert {"worker-5", "worker-6", "worker-2"} <= {name.split("/")[0] for name in served}, served
     assert set(node_versions(ops).values()) == {"2"}
     for node, ids in before.items():
         if node != stopped:
             assert container_ids(node) == ids, f"{node}: its serving containers were replaced"
-    assert node_state(f"{ops.name}-worker-5")["previous"] == ORIGINAL  # so a rollback takes it back too
+    for new in ("worker-5", "worker-6"):  # so that a rollback takes them back too
+        assert node_state(f"{ops.name}-{new}")["previous"] == ORIGINAL
 
 
 def test_rollback_returns_every_node_to_the_previous_version(ops: DeployedFleet) -> None:
     with under_load(ops) as watched:
         proc = playbook(ops, "playbooks/rollback.yml")
     assert proc.returncode == 0, explain(proc)
-    watched.check("rollback", must_drain=frozenset({f"worker-{n}" for n in range(1, 6)}))
+    watched.check("rollback", must_drain=frozenset({f"worker-{n}" for n in range(1, 7)}))
     assert watched.results.records[-1].version == ORIGINAL
     assert set(node_versions(ops).values()) == {ORIGINAL}
 
@@ -372,7 +373,7 @@ def test_a_broken_model_stops_the_rollout_and_the_node_is_restored(
     watched.check("broken rollout", must_drain=frozenset({"worker-1"}))
     assert {r.version for r in watched.results.records} == {ORIGINAL}
     assert set(node_versions(ops).values()) == {ORIGINAL}
-    wait_until("all 10 containers serve again", lambda: all_up(ops, 10), 60)
+    wait_until("all 12 containers serve again", lambda: all_up(ops, 12), 60)
 
 
 def test_a_killed_worker_container_costs_no_request(ops: DeployedFleet) -> None:
@@ -399,7 +400,7 @@ def test_scale_in_drains_the_nodes_before_they_go(ops: DeployedFleet) -> None:
     # An idle container leaves the table at once, between two /status samples: the drain is
     # proven by no failed request (checked here) and by the retire play having waited for
     # the orchestrator to let go of them before the nodes were removed.
-    watched.check("scale in 5 -> 3")
+    watched.check("scale in 6 -> 3")
     waited = proc.stdout.split("TASK [Wait until no container of theirs is in the orchestrator", 1)
     assert len(waited) == 2, explain(proc)
     assert f"ok: [{ops.name}-orchestrator]" in waited[1].split("TASK [", 1)[0], explain(proc)
