@@ -5,9 +5,9 @@ VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 PYTEST ?= pytest
-# make test runs lint, the Python suites and the Ansible tier side by side (3), or one after
-# the other (TEST_JOBS=1: slower, but no test meets another tier's load).
-TEST_JOBS ?= 3
+# make test runs the Python suites and the Ansible tier side by side (2), or one after the
+# other (TEST_JOBS=1: slower, but no test meets the other tier's load).
+TEST_JOBS ?= 2
 # Processes the Python suites are spread over (pytest-xdist); each test file stays in one
 # process, its tests in order (they share module fixtures: a moto fleet, a server).
 PYTEST_WORKERS ?= auto
@@ -32,10 +32,10 @@ test-ansible: setup ## ansible-lint, syntax, local fleet, molecule scenarios (re
 	$(PYTEST) tests/ansible --durations=20
 
 # The Ansible tier mostly waits (nodes booting, packages, image loads, drains under load)
-# and lint and the Python suites fill those waits: they run side by side, each one's
-# output shown whole when it ends.
-test: setup ## the whole suite (what CI runs)
-	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target lint test-python test-ansible
+# and the Python suites fill those waits: both run side by side, each one's output shown
+# whole when it ends.
+test: setup lint ## the whole suite (what CI runs)
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target test-python test-ansible
 
 demo: ## setup, then deploy the local fleet with site.yml and show a prediction
 	@scripts/demo.sh
