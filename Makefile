@@ -31,9 +31,8 @@ test-python: setup ## the pytest suite (real services, real containers), a proce
 test-ansible: setup ## ansible-lint, syntax, local fleet, molecule scenarios (real DinD nodes)
 	$(PYTEST) tests/ansible --durations=20
 
-# The Ansible tier mostly waits (nodes booting, packages, image loads, drains under load);
-# with TEST_JOBS=2 the Python suites fill those waits, each tier's output shown whole when
-# it ends.
+# With TEST_JOBS=2 the tiers share the cores (both are mostly ansible-playbook runs, so
+# CPU-bound), each tier's output shown whole when it ends.
 test: setup lint ## the whole suite (what CI runs)
 	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target test-python test-ansible
 
