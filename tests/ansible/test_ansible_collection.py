@@ -40,7 +40,7 @@ def test_the_artifact_documents_its_roles_and_plugins(artifact: Path) -> None:
     roles = sorted(p.name for p in (installed / "roles").iterdir())
     for kind, names in (
         ("role", roles),
-        ("module", ["fleet_image"]),
+        ("module", ["fleet_image", "http_ready"]),
         ("filter", ["routing_table", "natural_sort", "api_token_lines", "subject_alt_names"]),
     ):
         for name in names:
