@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 PYTEST ?= pytest
 # make test runs the Python suites and the Ansible tier one after the other (1), or side by
-# side (TEST_JOBS=2: 33.9 instead of 35.5 min here; both tiers are CPU-bound on 2 cores).
+# side (TEST_JOBS=2: 33.9 instead of 35.5 min here).
 TEST_JOBS ?= 1
 # Processes the Python suites are spread over (pytest-xdist); each test file stays in one
 # process, its tests in order (they share module fixtures: a moto fleet, a server).

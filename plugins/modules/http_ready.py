@@ -67,12 +67,6 @@ answers:
   returned: always
   type: dict
   sample: {"http://127.0.0.1:8001/readyz": 200, "http://127.0.0.1:8002/readyz": "connection refused"}
-status:
-  description:
-    - The last URL's last HTTP status (-1 when it never answered), as C(ansible.builtin.uri) names it.
-  returned: always
-  type: int
-  sample: 200
 """
 
 import time
@@ -121,13 +115,7 @@ def main():
         if not waiting or time.monotonic() >= deadline:
             break
         time.sleep(max(0.0, min(module.params["interval"], deadline - time.monotonic())))
-    last = answers[urls[-1]]
-    result = dict(
-        changed=False,
-        elapsed=round(time.monotonic() - start, 1),
-        answers=answers,
-        status=last if isinstance(last, int) else -1,
-    )
+    result = dict(changed=False, elapsed=round(time.monotonic() - start, 1), answers=answers)
     if waiting:
         module.fail_json(
             msg="not ready within %ss: %s"
