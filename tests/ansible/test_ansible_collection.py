@@ -40,8 +40,11 @@ def test_the_artifact_documents_its_roles_and_plugins(artifact: Path) -> None:
     roles = sorted(p.name for p in (installed / "roles").iterdir())
     for kind, names in (
         ("role", roles),
-        ("module", ["fleet_image", "http_ready"]),
-        ("filter", ["routing_table", "natural_sort", "api_token_lines", "subject_alt_names"]),
+        ("module", ["fleet_image", "http_ready", "aws_fleet_info"]),
+        (
+            "filter",
+            ["routing_table", "natural_sort", "api_token_lines", "subject_alt_names", "aws_fleet_launches"],
+        ),
     ):
         for name in names:
             proc = run(["ansible-doc", "-t", kind, "--json", f"onnxfleet.serving.{name}"], env=env)

@@ -424,13 +424,53 @@ def test_changed_cost_tags_retag_the_fleet_and_orphan_nothing(
     }, "the same resources, found again by the fleet's own tags"
     [table] = ec2.describe_route_tables(RouteTableIds=after["route_tables"])["RouteTables"]
     [vpc] = ec2.describe_vpcs(VpcIds=after["vpcs"])["Vpcs"]
-    for resource in (table, vpc):
+    for resource in (table, vpc, *nodes(ec2).values()):
         assert tags_of(resource)["CostCenter"] == "research"
         assert "Owner" not in tags_of(resource), "a cost tag no longer asked for is removed"
     assert provision(*shape).check().changed > 0, "back to the test's cost tags"
     assert {kind: sorted(ids) for kind, ids in fleet_resources(ec2).items()} == {
         kind: sorted(ids) for kind, ids in before.items()
     }
+    for instance in nodes(ec2).values():
+        assert tags_of(instance).items() >= EXTRA_TAGS.items()
+
+
+def test_nodes_changed_by_hand_are_put_back(
+    ec2: Any, first_run: dict[str, Any], provision: Callable[..., Run]
+) -> None:
+    """The role calls ec2_instance only for the nodes whose instance differs from what is
+    asked (each kind of difference it compares, made by hand here), and those calls undo them."""
+    shape = same_shape(ec2)
+    before = nodes(ec2)
+    assert {"orchestrator", "worker-1", "worker-2", "worker-3"} <= set(before)
+    orchestrator_sg = security_group(ec2, ORCH_SG)["GroupId"]
+    worker_sg = security_group(ec2, WORKER_SG)["GroupId"]
+    ec2.create_tags(
+        Resources=[before["worker-1"]["InstanceId"]], Tags=[{"Key": "Scratch", "Value": "by hand"}]
+    )
+    # (every option given: moto keeps only the ones a modification names, unlike AWS)
+    ec2.modify_instance_metadata_options(
+        InstanceId=before["worker-1"]["InstanceId"],
+        HttpTokens="optional",
+        HttpEndpoint="enabled",
+        HttpPutResponseHopLimit=1,
+        HttpProtocolIpv6="disabled",
+        InstanceMetadataTags="disabled",
+    )
+    ec2.stop_instances(InstanceIds=[before["worker-2"]["InstanceId"]])
+    ec2.modify_instance_attribute(InstanceId=before["orchestrator"]["InstanceId"], Groups=[worker_sg])
+
+    run = provision(*shape).check()
+    assert run.changed > 0
+    for launched in ("worker-1 (tags)", "worker-2 (state stopped)", "orchestrator (security groups)"):
+        assert f"(item={launched})" in run.output
+    assert "(item=worker-3 (" not in run.output, "a node as asked is left alone"
+    after = nodes(ec2)
+    assert {n: i["InstanceId"] for n, i in after.items()} == {n: i["InstanceId"] for n, i in before.items()}
+    assert "Scratch" not in tags_of(after["worker-1"])
+    assert after["worker-1"]["MetadataOptions"]["HttpTokens"] == "required"
+    assert {i["State"]["Name"] for i in after.values()} == {"running"}
+    assert [g["GroupId"] for g in after["orchestrator"]["SecurityGroups"]] == [orchestrator_sg]
 
 
 def test_a_changed_vpc_cidr_is_refused(
