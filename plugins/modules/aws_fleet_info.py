@@ -270,9 +270,7 @@ def _images(client, params, architecture):
         images = describe_images(client, **request)
     else:
         return []
-    found = [camel_dict_to_snake_dict(image) for image in images]
-    for image in found:
-        image["tags"] = boto3_tag_list_to_ansible_dict(image.get("tags", []))
+    found = [_snake(image) for image in images]
     return sorted(found, key=lambda image: image.get("creation_date", ""))
 
 
