@@ -227,9 +227,11 @@ def test_the_deadline_message_and_a_client_gone_before_the_connection_is_made() 
         async with Scripted(answer_after(0.2)) as a:
             fleet = Fleet([a.spec("a")])
             ex, future = fleet.send(deadline=time.monotonic() + 0.05)
-            assert len(fleet.forwarder.connecting) == 1  # no idle connection yet: one is opened
+            connecting = set(fleet.forwarder.connecting)
+            assert len(connecting) == 1  # no idle connection yet: one is opened
             ex.abandon()  # its client leaves while the connection is being made
-            await asyncio.sleep(0.05)
+            await asyncio.wait(connecting, timeout=5)
+            await asyncio.sleep(0.05)  # time for the container to read anything sent
             c = fleet.container("a")
             assert not a.requests  # nothing was sent
             assert c.inflight == 0  # and the slot is free again
