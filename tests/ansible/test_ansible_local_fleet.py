@@ -86,6 +86,24 @@ class Fleet:
         return run(["ansible", "onnxfleet", "-o", *args], env={**self.env(), **env})
 
 
+def apt_update_behind_a_busy_cache(node: str) -> tuple[str, list[str]]:
+    """``apt-get update`` on ``node`` through apt_busy_cache.py (which relays to the
+    node's own cache or mirror): its exit status and the cache's log."""
+    docker("cp", str(Path(__file__).with_name("apt_busy_cache.py")), f"{node}:/tmp/apt_busy_cache.py")
+    script = """
+        python3 /tmp/apt_busy_cache.py 3199 "$(/usr/local/bin/apt-proxy-detect)" >/tmp/busy.log 2>&1 &
+        relay=$!
+        for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/3199) 2>/dev/null && break; sleep 0.1; done
+        timeout 120 apt-get update -qq -o Acquire::Languages=none \
+            -o Acquire::http::Proxy-Auto-Detect= -o Acquire::http::Proxy=http://127.0.0.1:3199 >&2
+        echo "exit $?"
+        kill $relay
+        cat /tmp/busy.log
+    """
+    lines = docker("exec", node, "bash", "-c", script).splitlines()
+    return lines[0], lines[1:]
+
+
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     remove_all()
@@ -128,6 +146,12 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet
         assert docker("exec", node, "systemctl", "is-active", "ssh") == "active"
         no_docker = subprocess.run(["docker", "exec", node, "test", "-e", "/usr/bin/dockerd"], check=False)
         assert no_docker.returncode == 1
+    # A cache that answers 503 as apt-cacher-ng does when nodes refresh one index
+    # together: apt retries and finishes (bookworm's delayed retry would hang for good).
+    status, served = apt_update_behind_a_busy_cache(nodes[0])
+    assert status == "exit 0", served
+    release = [line.split()[1] for line in served if line.split()[0].endswith("/dists/bookworm/InRelease")]
+    assert release == ["503", "200"], served
     image = orchestrator["Config"]["Image"]
     assert (
         docker("run", "--rm", "--entrypoint", "sh", image, "-c", "ls /etc/ssh | grep -c host_key || true")
