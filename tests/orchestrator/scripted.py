@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -65,6 +66,14 @@ class Scripted:
 
     def spec(self, name: str) -> ContainerSpec:
         return ContainerSpec(name, f"http://127.0.0.1:{self.port}", name, "127.0.0.1", self.port, 1)
+
+
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait until ``condition()`` holds (a loaded machine makes any fixed sleep too short)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
 
 
 async def answer_ok(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:

@@ -433,7 +433,9 @@ def test_batches_keep_fifo_slots_and_give_each_client_its_rows(
 
 def test_a_delay_waits_for_company_until_a_batch_is_full() -> None:
     async def main() -> None:
-        h = Harness(max_batch_size=3, max_delay_ms=50)
+        # (a delay far longer than the 20 ms sleep: on a loaded machine both timers can be
+        # due in one event-loop turn, and the flush would then run first)
+        h = Harness(max_batch_size=3, max_delay_ms=500)
         first = h.submit(0, 1)
         assert first.key is not None, "held: it could go at once, it waits for others"
         assert h.calls == []
@@ -447,7 +449,7 @@ def test_a_delay_waits_for_company_until_a_batch_is_full() -> None:
         assert [m.key for m in h.calls[0].members] == [None] * 3
         h.submit(3, 1)
         assert len(h.calls) == 1
-        await asyncio.sleep(0.08)  # the delay passes: sent as it is
+        await asyncio.sleep(0.55)  # the delay passes: sent as it is
         assert len(h.calls) == 2
         assert not isinstance(h.calls[1], Batch)
         assert h.batcher.status()["calls"] == 2

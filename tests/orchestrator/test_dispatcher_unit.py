@@ -375,7 +375,7 @@ def test_refusals_say_what_happened() -> None:
         await asyncio.sleep(0.1)
         assert queued.error is not None
         assert queued.error.message == "waited 0.05s in the queue (queue.timeout_s) without a free slot"
-        assert 0.04 <= queued.waited < 0.5
+        assert 0.04 <= queued.waited < 1.0  # (its 0.05 s, late on a loaded machine)
         assert queued.error.retry_after == 1
         late = h.submit(h.exchange(deadline=time.monotonic() + 0.01))
         await asyncio.sleep(0.05)
@@ -531,7 +531,7 @@ def test_time_already_waited_counts_when_a_request_is_queued_again() -> None:
         await asyncio.sleep(0.4)
         assert again.error is not None  # after 0.1 s, not 1 s
         assert again.error.code == "queue_timeout"
-        assert 1.0 <= again.waited < 1.3  # 0.9 before, about 0.1 this time
+        assert 1.0 <= again.waited < 1.8  # 0.9 before, about 0.1 this time (not 1 s more)
 
     asyncio.run(main())
 

@@ -11,7 +11,7 @@ from onnxfleet.orchestrator.exchange import Exchange
 from onnxfleet.orchestrator.forward import request_bytes, response_headers
 from onnxfleet.orchestrator.routes import ContainerSpec
 from onnxfleet.orchestrator.upstream import Response
-from tests.orchestrator.scripted import OK, Fleet, Scripted, answer_after, answer_ok, never, run
+from tests.orchestrator.scripted import OK, Fleet, Scripted, answer_after, answer_ok, never, run, until
 from tests.support import free_port
 
 
@@ -123,7 +123,7 @@ def test_containers_failing_health_checks_hand_their_waiting_requests_on_but_kee
             fleet = Fleet([a.spec("a"), b.spec("b")])
             fleet.dispatcher.set_draining([fleet.container("b")], True)
             ex, future = fleet.send()
-            await asyncio.sleep(0.1)
+            await until(lambda: len(a.requests) == 1)
             assert ex.container is fleet.container("a")
             assert len(a.requests) == 1
             fleet.dispatcher.set_draining([fleet.container("b")], False)
@@ -278,8 +278,8 @@ def test_abandon_moves_only_the_requests_of_that_container_still_without_an_answ
             fleet = Fleet([a.spec("a"), b.spec("b")])
             fleet.dispatcher.set_draining([fleet.container("b")], True)
             _, future = fleet.send()
-            await asyncio.sleep(0.05)
             c = fleet.container("a")
+            await until(lambda: any(not conn.waiting_first_byte for conn in c.endpoint.sending))
             fleet.forwarder.abandon(fleet.container("b"), "not b's request")
             fleet.forwarder.abandon(c, "its answer had begun")
             done = await asyncio.wait_for(future, 2)
@@ -399,8 +399,7 @@ def test_requests_on_a_reused_connection_are_handed_on_when_their_container_fail
             fleet.dispatcher.set_draining([fleet.container("b")], True)
             assert (await fleet.outcome()).response is not None  # a's connection is now pooled
             _, future = fleet.send()
-            await asyncio.sleep(0.05)
-            assert len(a.requests) == 2
+            await until(lambda: len(a.requests) == 2)
             fleet.dispatcher.set_draining([fleet.container("b")], False)
             c = fleet.container("a")
             c.record_check(False, 1, 1, "gone")
@@ -521,12 +520,12 @@ def test_the_request_sent_again_waits_for_another_containers_slot() -> None:
 
 def test_a_request_handed_on_goes_first_or_fails_with_the_reason() -> None:
     async def main() -> None:
-        async with Scripted(never) as a, Scripted(answer_after(0.05)) as b:
+        async with Scripted(never) as a, Scripted(answer_after(0.5)) as b:
             fleet = Fleet([a.spec("a"), b.spec("b")])
             first, first_done = fleet.send()  # to a (never answers)
             busy, _ = fleet.send()  # to b
             queued, _ = fleet.send()  # waits
-            await asyncio.sleep(0.05)
+            await until(lambda: (len(a.requests), len(b.requests)) == (1, 1))
             assert (first.container, busy.container) == (fleet.container("a"), fleet.container("b"))
             assert queued.key is not None
             first.waited = 0.5  # as if it had waited before
@@ -541,7 +540,7 @@ def test_a_request_handed_on_goes_first_or_fails_with_the_reason() -> None:
         async with Scripted(never) as a:
             fleet = Fleet([a.spec("a")], retries=0)
             _, lost_done = fleet.send()
-            await asyncio.sleep(0.05)
+            await until(lambda: len(a.requests) == 1)
             c = fleet.container("a")
             c.record_check(False, 1, 1, "gone")
             fleet.forwarder.abandon(c, "a failed its health checks")
@@ -555,7 +554,7 @@ def test_a_request_handed_on_goes_first_or_fails_with_the_reason() -> None:
         async with Scripted(never) as a:
             fleet = Fleet([a.spec("a")], retries=1)
             _, alone_done = fleet.send()
-            await asyncio.sleep(0.05)
+            await until(lambda: len(a.requests) == 1)
             c = fleet.container("a")
             c.record_check(False, 1, 1, "gone")
             fleet.forwarder.abandon(c, "gone")  # re-sent, but nothing accepts: refused at once

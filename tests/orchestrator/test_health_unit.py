@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from onnxfleet.orchestrator.routes import ContainerSpec, HealthSpec
-from tests.orchestrator.scripted import Fleet, Scripted, answer_ok, read_request, run
+from tests.orchestrator.scripted import Fleet, Scripted, answer_ok, read_request, run, until
 from tests.support import free_port
 
 READY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
@@ -26,13 +25,6 @@ class Readiness:
         self.checks += 1
         writer.write(READY if self.ready else UNREADY)
         return True
-
-
-async def until(predicate: object, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.005)
 
 
 def test_the_checker_marks_down_after_fall_and_up_after_rise() -> None:
@@ -80,7 +72,7 @@ def test_when_the_last_container_goes_down_the_queue_fails_and_waiting_requests_
             fleet.dispatcher.set_draining([b_container], True)
             first, first_done = fleet.send()
             queued, queued_done = fleet.send()
-            await asyncio.sleep(0.05)
+            await until(lambda: len(a.requests) == 1)
             assert first.container is fleet.container("a")
             assert queued.key is not None
             # a fails a check: its request without an answer byte goes on (to nowhere yet:
@@ -156,7 +148,7 @@ def test_a_request_moved_on_by_the_checks_says_why() -> None:
             fleet = Fleet([a.spec("a")], retries=0)
             checker = HealthChecker(fleet.dispatcher, fleet.forwarder, HealthSpec(fall=1, rise=1))
             _, done = fleet.send()
-            await asyncio.sleep(0.05)
+            await until(lambda: len(a.requests) == 1)
             checker.record(fleet.container("a"), "/readyz: no answer")
             ex = await asyncio.wait_for(done, 2)
             assert ex.error is not None
