@@ -46,8 +46,12 @@ def main() -> int:
     containers = int(sys.argv[7]) if len(sys.argv) > 7 else 0
     results: list[tuple[int, str, object]] = []
     rounds = 0
+
+    def serving() -> int:
+        return len({container for status, container, label in results if status == 200})
+
     with ThreadPoolExecutor(threads) as pool:
-        while rounds == 0 or (rounds < 3 and len({c for s, c, _ in results if s == 200}) < containers):
+        while rounds == 0 or (rounds < 3 and serving() < containers):
             results += pool.map(one, range(requests))
             rounds += 1
     errors = [detail for status, container, detail in results if status != 200]
