@@ -28,6 +28,7 @@ from onnxfleet.orchestrator.server import Request
 from onnxfleet.orchestrator.upstream import ClosedBeforeResponse, Response
 from onnxfleet.simbackend import ECHO_MODEL, EchoModel
 from tests.orchestrator.batch_support import FORMATS, client_request
+from tests.orchestrator.scripted import until
 
 CONTAINERS = [{"name": "a/0", "url": "http://a:1", "node": "a"}]
 ECHO = parse_table({"containers": CONTAINERS, "model": ECHO_MODEL, "batching": {}}).model
@@ -645,5 +646,23 @@ def test_which_requests_batching_may_merge_and_what_it_keeps_of_them() -> None:
         )
         h.batcher.configure(None, None)
         assert part(server_request("POST", "/run_model", [])) is None
+
+    asyncio.run(main())
+
+
+def test_requests_one_at_a_time_go_round_every_container() -> None:
+    """A request held for company must not move the round-robin when it only looks for a
+    free slot: it did, and every other container was skipped (one of each node's two)."""
+
+    async def main() -> None:
+        h = Harness()
+        went: list[str] = []
+        for n in range(6):
+            h.submit(n, 1)
+            await until(lambda: h.running)  # held until the end of the event-loop turn
+            ((_, c),) = h.running
+            went.append(c.name)
+            h.answer(0)
+        assert went == ["a", "b", "c", "a", "b", "c"]
 
     asyncio.run(main())

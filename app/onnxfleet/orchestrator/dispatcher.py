@@ -52,8 +52,9 @@ class Dispatcher:
         self.batcher: Batcher | None = None  # set while batching is on (batching.py)
 
     # -- choosing a slot ------------------------------------------------------------------
-    def _pick(self, avoid: Container | None = None) -> Container | None:
-        """The least loaded accepting container with a free slot (round-robin among equals)."""
+    def _pick(self, avoid: Container | None = None, advance: bool = True) -> Container | None:
+        """The least loaded accepting container with a free slot (round-robin among equals;
+        ``advance=False`` only looks, and leaves the round-robin where it is)."""
         if not self.dispatching:
             return None
         if avoid is not None:
@@ -72,7 +73,7 @@ class Dispatcher:
                     best, best_load, best_i = c, load, i
                     if load == 0.0:
                         break
-        if best is not None:
+        if best is not None and advance:
             self._rr = (start + best_i + 1) % n
         return best
 
@@ -128,9 +129,12 @@ class Dispatcher:
         if not self.queue:
             # (a request sent again after an empty answer goes through the queue:
             # dispatch() chooses where, avoiding the container that closed on it)
-            c = self._pick() if ex.avoid is None else None
+            hold = batcher is not None and self.queue_spec.max_length != 0
+            # (a request held for company is placed later, by dispatch(): looking must not
+            # move the round-robin, or every other container would be skipped)
+            c = self._pick(advance=not hold) if ex.avoid is None else None
             if c is not None:
-                if batcher is None or self.queue_spec.max_length == 0:
+                if batcher is None or not hold:
                     self._start(ex, c)
                     return
                 batcher.hold()
