@@ -3,8 +3,8 @@
     spread.py URL CARD REQUESTS THREADS [CA_FILE TOKEN_FILE [CONTAINERS]]
 
 With CONTAINERS, sends REQUESTS again (3 rounds at most) until that many containers
-served some: on a loaded machine the requests can arrive in clumps, and a clump
-that a free container takes as one batch leaves the others idle that round.
+served some. (Added while every other container was skipped with batching on, before
+that dispatcher bug was found and fixed; one strict round may be enough again.)
 
 Prints JSON: the rounds, answers per status, requests served per container
 (X-Container), the labels predicted, and the first error seen, over all rounds.
