@@ -175,8 +175,10 @@ def test_ten_times_overload_gets_429s_with_flat_memory(pki: Pki, sim: SimFleet) 
 
 def test_a_head_flood_stalls_nobody_and_restarts_nothing(pki: Pki, sim: SimFleet) -> None:
     """An unterminated header in 64 KiB writes over TLS: the edge refuses it at its head limit
-    and closes; /healthz on another connection answers in < 100 ms meanwhile; no process of
-    the edge or the orchestrator restarts."""
+    and closes; /healthz on another connection answers meanwhile; no process of the edge or
+    the orchestrator restarts. A stalled edge would answer /healthz only once the flood ends,
+    at its 10 s head timeout: the 1 s bound tells the two apart on a loaded machine too
+    (a bound of 100 ms did not: a CI run measured 162 ms)."""
     with FrontDoor(pki, sim) as front:
         orchestrator_pid = front.status()["pid"]
         edge_workers = front.haproxy.workers()
@@ -199,7 +201,7 @@ def test_a_head_flood_stalls_nobody_and_restarts_nothing(pki: Pki, sim: SimFleet
         assert answer == b"" or answer.startswith(b"HTTP/1.1 400 "), answer[:100]
         for _ in range(5):
             slowest = max(slowest, healthz_ms(front, "127.0.7.2"))
-        assert slowest < 100, f"/healthz took {slowest:.0f} ms during the flood"
+        assert slowest < 1000, f"/healthz took {slowest:.0f} ms during the flood"
         assert front.haproxy.workers() == edge_workers
         assert front.status()["pid"] == orchestrator_pid
 

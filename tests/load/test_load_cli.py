@@ -99,7 +99,7 @@ def test_duration_ends_an_unlimited_run(server: LoadServer, tmp_path: Path) -> N
     wall = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(out.read_text())["summary"]
-    assert 2.5 <= summary["duration_s"] < 3.0  # in-flight requests finish after the deadline
+    assert 2.5 <= summary["duration_s"] < 4  # in-flight requests finish after the deadline
     assert wall < 8
     assert summary["requests"] == server.arrived > 20
     # stderr is a pipe: plain progress lines instead of a bar

@@ -81,7 +81,7 @@ def test_a_refused_connection_ejects_the_container_and_goes_elsewhere() -> None:
 def test_a_deadline_answers_the_client_but_the_slot_waits_for_the_container() -> None:
     """The client's deadline bounds its answer, not the container's work: the slot frees
     only when the late answer has been read, so the next request never overlaps it."""
-    slow = answer_after(1.0)
+    slow = answer_after(2.0)
 
     async def fast_then_slow(r: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
         if n == 0:
@@ -101,7 +101,7 @@ def test_a_deadline_answers_the_client_but_the_slot_waits_for_the_container() ->
             ex = await fleet.outcome(deadline=time.monotonic() + 0.05)
             assert ex.error is not None
             assert ex.error.code == "upstream_timeout"
-            assert time.monotonic() - started < 0.8  # not the 1 s the container takes
+            assert time.monotonic() - started < 1  # not the 2 s the container takes
             c = fleet.container("a")
             assert c.inflight == 1  # the container is still computing
             nxt, future = fleet.send()

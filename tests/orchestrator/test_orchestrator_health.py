@@ -87,7 +87,7 @@ def test_busy_is_not_dead(sim: SimFleet, tmp_path: Path) -> None:
         started = time.monotonic()
         code, _, _body = call(orch.url + "/readyz")
         assert code == 200
-        assert time.monotonic() - started < 0.1
+        assert time.monotonic() - started < 0.5  # behind the busy slot: >= 0.9 s
         assert container_state(orch, "a/0")["state"] == "busy"
         assert [f.result()[0] for f in futures] == [200, 200]
 
@@ -128,7 +128,7 @@ def test_a_dead_fleet_answers_503_at_once(sim: SimFleet, tmp_path: Path) -> None
         assert code == 503
         assert body["code"] == "no_ready_container"
         assert "Retry-After" in headers
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 1
         assert call(orch.url + "/readyz")[0] == 503
         assert call(orch.url + "/healthz")[0] == 200
 

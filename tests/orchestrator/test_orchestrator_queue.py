@@ -77,7 +77,7 @@ def test_queue_bound_answers_429_with_retry_after(sim: SimFleet, tmp_path: Path)
 
 
 def test_queue_timeout_answers_503(sim: SimFleet, tmp_path: Path) -> None:
-    sim.mode(0, "ok", service_ms=1500)
+    sim.mode(0, "ok", service_ms=3000)
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")], queue={"timeout_s": 0.3})
     with in_process(table) as orch:
         first = raw_request(orch.port, request_id="first")
@@ -88,14 +88,14 @@ def test_queue_timeout_answers_503(sim: SimFleet, tmp_path: Path) -> None:
         assert code == 503
         assert body["code"] == "queue_timeout"
         assert "Retry-After" in headers
-        assert 0.25 < elapsed < 1.2
+        assert 0.25 < elapsed < 2  # not after the 3 s slot
         assert first.recv(65536).startswith(b"HTTP/1.1 200")
         first.close()
         assert sim.stats(0)["order"] == ["first"]
 
 
 def test_deadline_header_bounds_queue_wait_and_service(sim: SimFleet, tmp_path: Path) -> None:
-    sim.mode(0, "ok", service_ms=800)
+    sim.mode(0, "ok", service_ms=1500)
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
     with in_process(table) as orch:
         # in service: the container is slower than the deadline
@@ -103,7 +103,7 @@ def test_deadline_header_bounds_queue_wait_and_service(sim: SimFleet, tmp_path: 
         code, _, body = call(orch.url + "/run_model", "POST", {}, {"X-Request-Timeout-Ms": "200"})
         assert code == 504
         assert body["code"] == "upstream_timeout"
-        assert time.monotonic() - started < 0.7
+        assert time.monotonic() - started < 1
         wait_for(lambda: status(orch)["totals"]["in_flight"] == 0, what="slot freed")
         # queued: behind a request that holds the only slot
         first = raw_request(orch.port, request_id="first")
