@@ -6,7 +6,6 @@ import json
 import select
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -140,7 +139,6 @@ def test_bad_reload_keeps_the_current_table(sim: SimFleet, tmp_path: Path) -> No
         assert str(path) in body["error"]
         assert "containers[0].url" in body["error"]
         orch.signal(signal.SIGHUP)
-        time.sleep(0.3)
+        wait_for(lambda: "reload refused" in orch.log(), what="the SIGHUP reload refused")
         assert [c["name"] for c in status(orch)["containers"]] == ["a/0"]
         assert call(orch.url + "/run_model", "POST", {})[0] == 200
-        assert "reload refused" in orch.log()

@@ -28,6 +28,7 @@ def test_jobs_report_their_position_then_their_result(sim: SimFleet, tmp_path: P
         final = wait_for(
             lambda: (v := call(orch.url + jobs[2]["status_url"])[2])["status"] == "done" and v, what="done"
         )
+        done_at = time.monotonic()
         result = final["result"]
         assert result["status_code"] == 200
         assert result["container"] == "a/0"
@@ -36,8 +37,10 @@ def test_jobs_report_their_position_then_their_result(sim: SimFleet, tmp_path: P
         assert result["body"]["path"] == "/run_model"
         assert sim.stats(0)["order"] == ["job0", "job1", "job2"]
         # the result is kept for --job-ttl, then forgotten
-        time.sleep(1.7)
-        code, _, body = call(orch.url + jobs[2]["status_url"])
+        code, _, body = wait_for(
+            lambda: (a := call(orch.url + jobs[2]["status_url"]))[0] != 200 and a, what="forgotten"
+        )
+        assert time.monotonic() - done_at > 0.5  # not long before the 1.5 s
         assert code == 404
         assert body["code"] == "not_found"
         assert call(orch.url + "/jobs/nope")[0] == 404

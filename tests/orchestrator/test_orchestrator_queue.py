@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.orchestrator.inproc import in_process
+from tests.orchestrator.inproc import InProcess, in_process
 from tests.orchestrator.orch_support import (
     SimFleet,
     call,
@@ -45,13 +45,20 @@ def test_no_container_ever_holds_more_than_its_slots(sim: SimFleet, tmp_path: Pa
         assert max(float(r[1]["X-Queue-Wait-Ms"]) for r in results) > 20
 
 
+def arrived(orch: InProcess) -> int:
+    """Requests the orchestrator has taken: served, in flight or queued."""
+    st = status(orch)
+    return int(st["totals"]["served"] + st["totals"]["in_flight"] + st["queue"]["depth"])
+
+
 def test_fifo_order(sim: SimFleet, tmp_path: Path) -> None:
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
     with in_process(table) as orch:
         sockets = []
         for i in range(8):
             sockets.append(raw_request(orch.port, request_id=f"r{i}"))
-            time.sleep(0.02)  # arrival order at the orchestrator
+            # arrival order at the orchestrator: each one counted before the next is sent
+            wait_for(lambda n=i: arrived(orch) == n + 1, what=f"r{i} arrived")
         for sock in sockets:
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
             sock.close()

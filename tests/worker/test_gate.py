@@ -20,9 +20,12 @@ def test_a_freed_slot_goes_to_the_longest_waiting_request() -> None:
 
     waiting = [threading.Thread(target=request, args=(name,)) for name in ("b", "c", "d")]
     with gate.slot():
-        for thread in waiting:
+        for n, thread in enumerate(waiting, 1):
             thread.start()
-            time.sleep(0.05)  # each one blocked in turn
+            deadline = time.monotonic() + 5
+            while len(gate._waiting) < n:  # each one blocked in turn, in this order
+                assert time.monotonic() < deadline, f"{thread.name} never waited"
+                time.sleep(0.005)
     request("a again")
     for thread in waiting:
         thread.join(5)
