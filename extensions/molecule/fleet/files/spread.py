@@ -1,13 +1,9 @@
 """Send the model card's example through the edge and the orchestrator from several threads.
 
-    spread.py URL CARD REQUESTS THREADS [CA_FILE TOKEN_FILE [CONTAINERS]]
+    spread.py URL CARD REQUESTS THREADS [CA_FILE TOKEN_FILE]
 
-With CONTAINERS, sends REQUESTS again (3 rounds at most) until that many containers
-served some. (Added while every other container was skipped with batching on, before
-that dispatcher bug was found and fixed; one strict round may be enough again.)
-
-Prints JSON: the rounds, answers per status, requests served per container
-(X-Container), the labels predicted, and the first error seen, over all rounds.
+Prints JSON: answers per status, requests served per container (X-Container), the
+labels predicted, and the first error seen.
 Standard library only (runs anywhere).
 """
 
@@ -43,22 +39,12 @@ def main() -> int:
         except OSError as exc:
             return 0, "", str(exc)
 
-    containers = int(sys.argv[7]) if len(sys.argv) > 7 else 0
-    results: list[tuple[int, str, object]] = []
-    rounds = 0
-
-    def serving() -> int:
-        return len({container for status, container, label in results if status == 200})
-
     with ThreadPoolExecutor(threads) as pool:
-        while rounds == 0 or (rounds < 3 and serving() < containers):
-            results += pool.map(one, range(requests))
-            rounds += 1
+        results = list(pool.map(one, range(requests)))
     errors = [detail for status, container, detail in results if status != 200]
     print(
         json.dumps(
             {
-                "rounds": rounds,
                 "statuses": dict(Counter(str(status) for status, container, label in results)),
                 "served": dict(Counter(container for status, container, label in results if status == 200)),
                 "labels": sorted({str(label) for status, container, label in results if status == 200}),
