@@ -54,8 +54,16 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 
 
 def explain(proc: subprocess.CompletedProcess[str]) -> str:
-    """The tail of a failed command's output, for assertion messages."""
-    return f"exit {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    """A failed command's errors (Ansible's fatal, unreachable and failed results, wherever
+    they are in the output) and the tail of its output, for assertion messages."""
+    lines = proc.stdout.splitlines()
+    errors = [
+        "\n".join(lines[i : i + 4])
+        for i, line in enumerate(lines)
+        if line.startswith(("fatal: ", "ERROR! ")) or "UNREACHABLE!" in line or "FAILED!" in line
+    ]
+    found = "\n".join(errors)[:4000]
+    return f"exit {proc.returncode}\n{found}\n...\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
 
 
 FLEET = "molecule-fleet"

@@ -204,6 +204,7 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet
         assert host["ansible_user"] == "admin"
         assert host["fleet_architecture"] == "amd64"
         assert host["ansible_connection"] == "ssh"
+        assert host["ansible_ssh_retries"] == 3  # a failed connection is tried again
         assert "ansible_become" not in host
         # the node's own host key, read from the node, is what the fleet's known_hosts holds
         key = docker("exec", node, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").split()[:2]
