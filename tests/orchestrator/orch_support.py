@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from email.message import Message
 from pathlib import Path
 from typing import Any
 
 from onnxfleet.orchestrator.tokens import digest
-from tests.support import Service, free_port
+from tests.support import Service, free_port, wait_for  # noqa: F401 (wait_for: the suites import it here)
 
 
 def call(
@@ -138,16 +137,6 @@ def status(service: Service) -> dict[str, Any]:
 
 def container_state(service: Service, name: str) -> dict[str, Any] | None:
     return next((c for c in status(service)["containers"] if c["name"] == name), None)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:

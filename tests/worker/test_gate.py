@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from onnxfleet.worker.gate import InferenceGate
+from tests.support import wait_for
 
 
 def test_a_freed_slot_goes_to_the_longest_waiting_request() -> None:
@@ -22,10 +22,8 @@ def test_a_freed_slot_goes_to_the_longest_waiting_request() -> None:
     with gate.slot():
         for n, thread in enumerate(waiting, 1):
             thread.start()
-            deadline = time.monotonic() + 5
-            while len(gate._waiting) < n:  # each one blocked in turn, in this order
-                assert time.monotonic() < deadline, f"{thread.name} never waited"
-                time.sleep(0.005)
+            # each one blocked in turn, in this order
+            wait_for(lambda n=n: len(gate._waiting) == n, timeout=5, what=f"{thread.name} waiting")
     request("a again")
     for thread in waiting:
         thread.join(5)

@@ -129,15 +129,15 @@ class Dispatcher:
         if not self.queue:
             # (a request sent again after an empty answer goes through the queue:
             # dispatch() chooses where, avoiding the container that closed on it)
-            hold = batcher is not None and self.queue_spec.max_length != 0
+            holder = batcher if self.queue_spec.max_length != 0 else None
             # (a request held for company is placed later, by dispatch(): looking must not
             # move the round-robin, or every other container would be skipped)
-            c = self._pick(advance=not hold) if ex.avoid is None else None
+            c = self._pick(advance=holder is None) if ex.avoid is None else None
             if c is not None:
-                if batcher is None or not hold:
+                if holder is None:
                     self._start(ex, c)
                     return
-                batcher.hold()
+                holder.hold()
             # checked only here: a queue implies an accepting container (changed()
             # fails the whole queue when the last one stops accepting)
             elif not self.any_accepting():

@@ -3,8 +3,7 @@
     spread.py URL CARD REQUESTS THREADS [CA_FILE TOKEN_FILE]
 
 Prints JSON: answers per status, requests served per container (X-Container), the
-labels predicted, and the first error seen.
-Standard library only (runs anywhere).
+labels predicted, and the first error seen. Standard library only (runs anywhere).
 """
 
 import json
