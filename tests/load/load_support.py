@@ -2,10 +2,11 @@
 
 The stand-in fleet is real HTTP on loopback ports, served from a thread.
 
-``LoadServer`` answers any POST like the orchestrator does (JSON body, ``X-Container``,
-``X-Model-Version``, ``X-Queue-Wait-Ms``), picking the container and version at random
-(seeded), and counts everything it sees so tests can compare the client's report with the
-server's own counts. Query parameters make it misbehave:
+``LoadServer`` answers a request of any method like the orchestrator does (JSON body,
+``X-Container``, ``X-Model-Version``, ``X-Queue-Wait-Ms``), picking the container and
+version at random (seeded), and counts everything it sees so tests can compare the
+client's report with the server's own counts; ``seen`` keeps every request's method, body
+and headers in arrival order. Query parameters make it misbehave:
 
 - ``delay=S``: answer after S seconds;
 - ``fail_every=K``: every K-th request (by arrival) gets a 503;
@@ -69,6 +70,7 @@ class LoadServer:
         self.peers: set[tuple[str, int]] = set()
         self.last_body = b""
         self.last_headers: dict[str, str] = {}
+        self.seen: list[tuple[str, bytes, dict[str, str]]] = []  # (method, body, headers) by arrival
         self.raw_connections = 0
         self.pki = make_pki(Path(tempfile.mkdtemp(prefix="onnxfleet-load-pki-")))
         self._loop = asyncio.new_event_loop()
@@ -107,6 +109,7 @@ class LoadServer:
             for counter in (self.paths, self.statuses, self.containers, self.versions):
                 counter.clear()
             self.peers.clear()
+            self.seen.clear()
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -119,6 +122,7 @@ class LoadServer:
             self.peers.add(request.transport.get_extra_info("peername") if request.transport else ("?", 0))
             self.last_body = body
             self.last_headers = dict(request.headers)
+            self.seen.append((request.method, body, self.last_headers))
         try:
             await asyncio.sleep(float(request.query.get("delay", 0)))
             fail_every = int(request.query.get("fail_every", 0))
@@ -156,7 +160,7 @@ class LoadServer:
 
     async def _start(self) -> None:
         app = web.Application()
-        app.router.add_route("POST", "/{tail:.*}", self._handle)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

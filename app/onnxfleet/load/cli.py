@@ -1,15 +1,14 @@
 """`onnxfleet load`: send requests with K concurrent workers, then summarise what came back.
 
-Exit status: 0 when every request got a 2xx answer, 1 otherwise, 2 on bad usage,
-130 when interrupted (Ctrl-C: in-flight requests finish and the summary is printed).
+Exit status: 0 when every request got a 2xx answer (and a --rate was held), 1 when one did
+not, 2 on bad usage, 3 when every request succeeded but the --rate was not held, 130 when
+interrupted (Ctrl-C: in-flight requests finish and the summary is printed).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -20,17 +19,21 @@ from typing import TYPE_CHECKING
 from onnxfleet.load.sample import DEFAULT_PATH
 
 if TYPE_CHECKING:
+    from onnxfleet.load.bodies import Body
     from onnxfleet.load.runner import LoadPlan
 
 TOKEN_ENV = "ONNXFLEET_TOKEN"
-# RFC 9110 field-name characters
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+RATE_NOT_HELD = 3
 EXAMPLES = """\
 examples:
   onnxfleet load --url http://127.0.0.1:8080 -n 100 -c 5      the seeds' experiment
   onnxfleet load --url http://orchestrator -n 0 --duration 60 -c 16 --json out.json
-  onnxfleet load --url http://10.0.1.11:5000/run_model --rate 50 --duration 30
+  onnxfleet load --url http://10.0.1.11:5000/run_model --rate 50 --duration 30 -c 8
+  onnxfleet load --url http://127.0.0.1:8080/v2/models/digits/infer --data-dir bodies/ -n 100
+  onnxfleet load --url http://127.0.0.1:8080/healthz -X GET -n 100
   onnxfleet load --url https://127.0.0.1:8443 --cacert ca.pem --token-file token -n 100 -c 5
+
+exit status: 0 all succeeded, 1 a request failed, 2 bad usage, 3 --rate not held, 130 interrupted
 """
 
 
@@ -61,15 +64,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--rate",
         type=float,
         metavar="R",
-        help="open loop: start R requests/s (still at most K in flight) instead of back to back",
+        help="open loop: request i is due at i/R s (still at most K in flight), its latency counted"
+        " from then; exit 3 when the rate is not held",
     )
     parser.add_argument(
         "--timeout", type=float, default=30.0, metavar="S", help="per request, seconds (default: 30)"
     )
     parser.add_argument(
+        "-X",
+        "--method",
+        default="POST",
+        help="HTTP method (default: POST; other methods send no default body)",
+    )
+    bodies = parser.add_mutually_exclusive_group()
+    bodies.add_argument(
         "--data",
         metavar="JSON|@FILE",
-        help="request body: JSON text, @FILE or @- (stdin) (default: one 8x8 digits sample)",
+        help="request body: JSON text, @FILE or @- (stdin) (default: one 8x8 digits sample with POST)",
+    )
+    bodies.add_argument(
+        "--data-lines",
+        metavar="FILE",
+        help="request bodies, one JSON document per line of FILE (- for stdin), cycled",
+    )
+    bodies.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="request bodies, the .json and .bin (OIP binary) files of DIR in name order, cycled",
     )
     parser.add_argument(
         "-H", "--header", action="append", default=[], metavar="NAME:VALUE", help="extra header (repeatable)"
@@ -101,30 +122,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
-def _body(data: str | None) -> bytes | None:
-    if data is None:
-        return None
-    if data.startswith("@"):
-        name = data[1:]
-        try:
-            raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read --data file {name!r}: {exc.strerror or exc}") from None
-    else:
-        raw = data.encode()
+def _bodies(args: argparse.Namespace) -> tuple[Body, ...] | None:
+    """The bodies the options name; None: the plan's default."""
+    from onnxfleet.load import bodies
+
     try:
-        json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--data must be JSON: {exc}") from None
-    return raw
+        if args.data is not None:
+            return (bodies.read_data(args.data),)
+        if args.data_lines is not None:
+            return bodies.read_json_lines(args.data_lines)
+        if args.data_dir is not None:
+            return bodies.read_body_dir(args.data_dir)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return None
 
 
 def _headers(values: list[str]) -> dict[str, str]:
+    from onnxfleet.load.runner import TOKEN
+
     headers = {}
     for value in values:
         name, sep, content = value.partition(":")
         name, content = name.strip(), content.strip()
-        if not sep or not _HEADER_NAME.match(name) or any(c in content for c in "\r\n"):
+        if not sep or not TOKEN.match(name) or any(c in content for c in "\r\n"):
             raise UsageError(f"--header expects NAME:VALUE (a token name, one line), got {value!r}")
         headers[name] = content
     return headers
@@ -155,19 +176,20 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
         raise UsageError("--json-requests needs --json FILE")
     _writable(args.json, "--json")
     _writable(args.histogram, "--histogram")
-    body = _body(args.data)
+    bodies = _bodies(args)
     try:
         return LoadPlan(
             url=args.url,
             n=n,
             concurrency=args.concurrency,
             duration=args.duration,
+            bodies=bodies,
+            method=args.method,
             headers=_headers(args.header),
             token=_token(args),
             timeout=args.timeout,
             rate=args.rate,
             cacert=args.cacert,
-            **({"body": body} if body is not None else {}),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -207,6 +229,9 @@ def run(args: argparse.Namespace) -> int:
     summary = report.summarize(results)
     # with --json -, stdout carries only the JSON document
     (sys.stderr if args.json == "-" else sys.stdout).write(report.format_summary(summary))
+    warning = report.rate_warning(summary)
+    if warning:
+        sys.stderr.write(warning)
     try:
         if args.json:
             report.write_json(results, summary, args.json, args.json_requests)
@@ -217,4 +242,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if results.interrupted:
         return 130
-    return 0 if results.records and results.failed == 0 else 1
+    if not results.records or results.failed:
+        return 1
+    return RATE_NOT_HELD if warning else 0

@@ -14,6 +14,10 @@ from typing import Any
 from onnxfleet.load.runner import Results
 
 PLOT_MISSING = "--histogram needs matplotlib: pip install 'onnxfleet[plot]'"
+# With a rate, it was held when both: the achieved rate is at least this share of the
+# asked one, and 99 % of the requests were sent within LAG_BOUND_S of their scheduled start.
+HELD_SHARE = 0.95
+LAG_BOUND_S = 1.0
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
@@ -39,12 +43,33 @@ def _counts(values: Sequence[Any]) -> dict[str, int]:
     return {str(key): count for key, count in sorted(Counter(values).items())}
 
 
+def rate_verdict(results: Results) -> dict[str, Any] | None:
+    """With a rate: the asked and achieved rates and whether it was held (None without).
+
+    Achieved: the intervals between the first send and the last over the time between
+    them (None with fewer than two sends: the lag alone decides then).
+    """
+    rate, records = results.plan.rate, results.records
+    if not rate:
+        return None
+    sends = [r.start_s + r.lag_s for r in records]
+    span = max(sends) - min(sends) if sends else 0.0
+    achieved = (len(sends) - 1) / span if span > 0 else None
+    lag_p99 = percentile(sorted(r.lag_s for r in records), 99) if records else 0.0
+    return {
+        "asked_rps": rate,
+        "achieved_rps": None if achieved is None else round(achieved, 2),
+        "held": lag_p99 <= LAG_BOUND_S and (achieved is None or achieved >= HELD_SHARE * rate),
+    }
+
+
 def summarize(results: Results) -> dict[str, Any]:
     """Everything the text summary shows, JSON-ready (latencies in ms)."""
     plan, records = results.plan, results.records
     answered = [r for r in records if r.status is not None]
     waits = [r.queue_wait_ms for r in answered if r.queue_wait_ms is not None]
     duration = results.duration_s
+    spread = ("min", "mean", "p50", "p90", "p99", "max")
     return {
         "target": plan.url,
         "planned": {
@@ -53,6 +78,8 @@ def summarize(results: Results) -> dict[str, Any]:
             "concurrency": plan.concurrency,
             "rate_rps": plan.rate,
             "timeout_s": plan.timeout,
+            "method": plan.method,
+            "bodies": len(plan.bodies or ()),
         },
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(results.started_at)),
         "interrupted": results.interrupted,
@@ -61,10 +88,14 @@ def summarize(results: Results) -> dict[str, Any]:
         "failed": results.failed,
         "duration_s": round(duration, 3),
         "throughput_rps": round(len(records) / duration, 2) if duration > 0 else 0.0,
-        # only requests that got an answer: a timeout's "latency" is the timeout
-        "latency_ms": _spread(
-            [r.latency_s * 1000 for r in answered], ("min", "mean", "p50", "p90", "p99", "max")
-        ),
+        "rate": rate_verdict(results),
+        # only requests that got an answer: a timeout's "latency" is the timeout.
+        # With a rate, from each request's scheduled start: the lag behind it counts.
+        "latency_ms": _spread([r.latency_s * 1000 for r in answered], spread),
+        "service_time_ms": _spread([r.service_s * 1000 for r in answered], spread),
+        "schedule_lag_ms": _spread([r.lag_s * 1000 for r in records], ("p50", "p90", "p99", "max"))
+        if plan.rate
+        else None,
         "queue_wait_ms": _spread(waits, ("p50", "p90", "p99", "max")),
         "status_codes": _counts([r.status for r in answered]),
         "errors": _counts([r.error for r in records if r.error]),
@@ -95,11 +126,38 @@ def _shares(counts: dict[str, int]) -> list[str]:
     return [f"{name:<{width}}  {count:>7}  {100 * count / total:5.1f}%" for name, count in counts.items()]
 
 
+def _figures(values: dict[str, float]) -> str:
+    return "  ".join(f"{key} {value:.1f}" for key, value in values.items())
+
+
+def rate_warning(summary: dict[str, Any]) -> str | None:
+    """The loud message when the asked rate was not held (None when it was, or none was asked)."""
+    rate, lag = summary["rate"], summary["schedule_lag_ms"]
+    if rate is None or rate["held"]:
+        return None
+    achieved = rate["achieved_rps"]
+    achieved_text = "-" if achieved is None else f"{achieved:.1f} ({100 * achieved / rate['asked_rps']:.0f}%)"
+    behind = (
+        f"; requests went out up to {lag['max'] / 1000:.2f} s behind their schedule"
+        f" (p99 {lag['p99'] / 1000:.2f} s)"
+        if lag
+        else ""
+    )
+    return (
+        f"onnxfleet load: WARNING: rate NOT held: asked {rate['asked_rps']:g} requests/s, achieved"
+        f" {achieved_text}{behind}. The latency counts from each request's"
+        " scheduled start, so it includes that wait; the service time does not. With at most"
+        f" -c {summary['planned']['concurrency']} in flight the target answered too slowly (or this"
+        " client could not keep up): raise -c or lower --rate. Exit status 3.\n"
+    )
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The human summary, one labelled line (or block) per figure."""
     planned = summary["planned"]
+    bodies = f"  ({planned['bodies']} bodies, cycled)" if planned["bodies"] > 1 else ""
     lines = [
-        ("target", [summary["target"]]),
+        ("target", [f"{planned['method']} {summary['target']}{bodies}"]),
         (
             "requests",
             [
@@ -110,12 +168,21 @@ def format_summary(summary: dict[str, Any]) -> str:
         ),
         ("throughput", [f"{summary['throughput_rps']:.1f} requests/s"]),
     ]
-    latency = summary["latency_ms"]
+    rate = summary["rate"]
+    if rate:
+        verdict = "held" if rate["held"] else "NOT HELD"
+        achieved = "-" if rate["achieved_rps"] is None else f"{rate['achieved_rps']:.1f}/s"
+        lines.append(("rate", [f"asked {rate['asked_rps']:g}/s  achieved {achieved}  {verdict}"]))
+    latency, service = summary["latency_ms"], summary["service_time_ms"]
     if latency:
-        lines.append(("latency ms", ["  ".join(f"{key} {value:.1f}" for key, value in latency.items())]))
-    waits = summary["queue_wait_ms"]
-    if waits:
-        lines.append(("queue wait ms", ["  ".join(f"{key} {value:.1f}" for key, value in waits.items())]))
+        # without a rate the two are the same figures: one line
+        since = "  (from the scheduled start)" if rate else ""
+        lines.append(("latency ms", [_figures(latency) + since]))
+        if rate:
+            lines.append(("service ms", [_figures(service) + "  (from the send)"]))
+    for label, key in (("schedule lag ms", "schedule_lag_ms"), ("queue wait ms", "queue_wait_ms")):
+        if summary[key]:
+            lines.append((label, [_figures(summary[key])]))
     for label, key in (("status codes", "status_codes"), ("errors", "errors"), ("refusals", "refusals")):
         counts = "  ".join(f"{name} x{count}" for name, count in summary[key].items())
         if counts or key != "refusals":

@@ -1,8 +1,12 @@
-"""The load engine: K concurrent keep-alive workers POSTing one body to one URL.
+"""The load engine: K concurrent keep-alive workers sending the plan's bodies to one URL.
 
 ``run_load(plan)`` blocks in its own event loop and returns a record of every request;
 ``BackgroundLoad(plan)`` runs the same in a thread until it is stopped, so a test can keep
 steady load on the fleet while Ansible changes it, then count every request.
+
+With a rate, request *i* is due at *i/rate* s and its latency is counted from then, not
+from when it could be sent (wrk2's correction of coordinated omission): a client that
+falls behind its schedule, K requests in flight, sees the wait its requests would have had.
 """
 
 from __future__ import annotations
@@ -10,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from onnxfleet.load.sample import DEFAULT_BODY, DEFAULT_PATH
+from onnxfleet.load.bodies import DEFAULT, EMPTY, Body
+from onnxfleet.load.sample import DEFAULT_PATH
 
 if TYPE_CHECKING:
     import aiohttp
@@ -28,6 +34,8 @@ _STOP_POLL_S = 0.05
 # Latencies are measured with perf_counter: uvloop's loop.time() has millisecond steps.
 _clock = time.perf_counter
 _DETAIL_CHARS = 200
+# RFC 9110 token: method and header-name characters
+TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def target_url(url: str) -> str:
@@ -59,7 +67,9 @@ class LoadPlan:
     n: int | None = 100
     concurrency: int = 1
     duration: float | None = None
-    body: bytes = field(default=DEFAULT_BODY, repr=False)
+    # cycled: request i sends bodies[i % len]; None: the digit sample for POST, no body otherwise
+    bodies: Sequence[Body] | None = field(default=None, repr=False)
+    method: str = "POST"
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     token: str | None = field(default=None, repr=False)
     timeout: float = 30.0
@@ -68,6 +78,14 @@ class LoadPlan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", target_url(self.url))
+        if not TOKEN.match(self.method):
+            raise ValueError(f"expected an HTTP method (a token such as GET, POST, PUT), got {self.method!r}")
+        if self.bodies is None:
+            object.__setattr__(self, "bodies", (DEFAULT,) if self.method == "POST" else (EMPTY,))
+        elif not self.bodies:
+            raise ValueError("expected at least one body")
+        else:
+            object.__setattr__(self, "bodies", tuple(self.bodies))
         if self.cacert is not None:
             if not self.url.startswith("https://"):
                 raise ValueError(f"a CA certificate is only used with an https:// URL, got {self.url!r}")
@@ -98,8 +116,10 @@ class LoadPlan:
         except OSError as exc:
             raise ValueError(f"cannot read the CA certificate {self.cacert!r}: {exc.strerror}") from None
 
-    def request_headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **self.headers}
+    def request_headers(self, body: Body = DEFAULT) -> dict[str, str]:
+        """What a request with ``body`` carries: the body's own headers, then the plan's
+        (which win, so ``-H 'Content-Type: ...'`` is obeyed), then the token."""
+        headers = {**body.headers, **self.headers}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
@@ -107,10 +127,14 @@ class LoadPlan:
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """One request: ``status`` is None when no response came (``error`` says why)."""
+    """One request: ``status`` is None when no response came (``error`` says why).
 
-    start_s: float  # since the run started
-    latency_s: float
+    ``start_s + latency_s`` is when the answer (or the error) came; ``lag_s`` after
+    ``start_s`` the request was sent.
+    """
+
+    start_s: float  # since the run started: when it was due (its scheduled start) with a rate, else sent
+    latency_s: float  # from start_s to the end of the answer: the schedule lag plus the service time
     status: int | None
     container: str | None = None  # X-Container
     version: str | None = None  # X-Model-Version
@@ -118,15 +142,23 @@ class RequestRecord:
     error: str | None = None  # connect_refused, timeout, reset, disconnected...
     detail: str | None = None  # the exception, or the start of a non-2xx body
     code: str | None = None  # a non-2xx answer's {"error", "code"}: unauthorized, rate_limited...
+    lag_s: float = 0.0  # how late it was sent, behind its schedule (0 without a rate)
 
     @property
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
 
+    @property
+    def service_s(self) -> float:
+        """From the send to the end of the answer."""
+        return self.latency_s - self.lag_s
+
     def to_json(self) -> dict[str, Any]:
         entry = asdict(self)
         entry["start_s"] = round(entry["start_s"], 6)
         entry["latency_ms"] = round(entry.pop("latency_s") * 1000, 3)
+        entry["lag_ms"] = round(entry.pop("lag_s") * 1000, 3)
+        entry["service_ms"] = round(self.service_s * 1000, 3)
         return entry
 
 
@@ -213,10 +245,19 @@ def _header_float(value: str | None) -> float | None:
         return None
 
 
-async def _send(session: aiohttp.ClientSession, plan: LoadPlan, t0: float) -> RequestRecord:
-    start = _clock()
+async def _send(
+    session: aiohttp.ClientSession,
+    plan: LoadPlan,
+    request: tuple[bytes | None, dict[str, str]],
+    t0: float,
+    due: float | None,
+) -> RequestRecord:
+    sent = _clock()
+    # the loop's timer may wake a little before `due` on this clock: the request starts when sent then
+    start = sent if due is None else min(due, sent)
+    data, request_headers = request
     try:
-        async with session.post(plan.url, data=plan.body) as response:
+        async with session.request(plan.method, plan.url, data=data, headers=request_headers) as response:
             payload = await response.read()
     except Exception as exc:  # every failure becomes a record; none may end the run
         return RequestRecord(
@@ -225,12 +266,14 @@ async def _send(session: aiohttp.ClientSession, plan: LoadPlan, t0: float) -> Re
             status=None,
             error=classify_error(exc),
             detail=(str(exc) or type(exc).__name__)[:_DETAIL_CHARS],
+            lag_s=sent - start,
         )
     ok = 200 <= response.status < 300
     headers = response.headers
     return RequestRecord(
         start_s=start - t0,
         latency_s=_clock() - start,
+        lag_s=sent - start,
         status=response.status,
         container=headers.get("X-Container"),
         version=headers.get("X-Model-Version"),
@@ -238,6 +281,15 @@ async def _send(session: aiohttp.ClientSession, plan: LoadPlan, t0: float) -> Re
         detail=None if ok else payload[:_DETAIL_CHARS].decode(errors="replace"),
         code=None if ok else _error_code(payload),
     )
+
+
+async def _wait_until(due: float, stopping: asyncio.Event) -> bool:
+    """Sleep until ``due`` (on ``_clock``); False when the run stops meanwhile."""
+    delay = due - _clock()
+    if delay > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+    return not stopping.is_set()
 
 
 async def _execute(
@@ -257,15 +309,11 @@ async def _execute(
         nonlocal issued, in_flight, failed
         while not stopping.is_set() and (plan.limit is None or issued < plan.limit):
             index, issued = issued, issued + 1
-            if plan.rate:
-                delay = t0 + index / plan.rate - _clock()
-                if delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), delay)
-                    if stopping.is_set():
-                        return
+            due = t0 + index / plan.rate if plan.rate else None
+            if due is not None and not await _wait_until(due, stopping):
+                return
             in_flight += 1
-            record = await _send(session, plan, t0)
+            record = await _send(session, plan, requests[index % len(requests)], t0, due)
             in_flight -= 1
             failed += not record.ok
             results.records.append(record)
@@ -284,12 +332,11 @@ async def _execute(
             await asyncio.sleep(progress_interval)
             callback(progress())
 
+    requests = [(body.data, plan.request_headers(body)) for body in plan.bodies or ()]
     context = plan.ssl_context()
     connector = aiohttp.TCPConnector(limit=plan.concurrency, ssl=True if context is None else context)
     timeout = aiohttp.ClientTimeout(total=plan.timeout)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, headers=plan.request_headers()
-    ) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         t0 = _clock()
         results.started_at = time.time()
         if plan.duration:
