@@ -91,16 +91,15 @@ def test_connection_refused_is_an_error_kind(server: LoadServer) -> None:
 
 def test_duration_ends_an_unlimited_run(server: LoadServer, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    started = time.monotonic()
+    # A run that never ends raises TimeoutExpired; the wall time is not bounded tighter
+    # because a loaded CI machine took 11.5 s just to start and stop the interpreter.
     proc = load_cli(
         "--url", server.url + "/run_model?delay=0.02", "-n", "0", "--duration", "2.5", "-c", "2",
-        "--json", str(out), timeout=20,
+        "--json", str(out), timeout=60,
     )  # fmt: skip
-    wall = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(out.read_text())["summary"]
     assert 2.5 <= summary["duration_s"] < 4  # in-flight requests finish after the deadline
-    assert wall < 8
     assert summary["requests"] == server.arrived > 20
     # stderr is a pipe: plain progress lines instead of a bar
     assert re.search(r"^onnxfleet load: \d+ requests\s+[\d.]+ req/s\s+0 failed", proc.stderr, re.M)
