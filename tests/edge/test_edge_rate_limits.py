@@ -84,10 +84,10 @@ def test_a_busy_client_with_a_token_is_not_refused_and_anonymous_ones_still_are(
     pki: Pki, sim: SimFleet, tmp_path: Path
 ) -> None:
     """At the role's defaults: `onnxfleet load --rate 500` with the fleet's token from
-    127.0.0.1 for 12 s gets no 429 (main: 429 after its first 1,000 requests). Meanwhile
-    from the same address, requests without a token are refused after 1,000 (the busy
-    client's requests do not use up the address's quota), then so is a made-up token; from
-    another address, a new made-up token on every request is refused after 1,000 as well."""
+    127.0.0.1 for 12 s gets no 429 (main: 429 after the address's first 1,000 requests).
+    Meanwhile from the same address, requests without a token are refused after 1,000 (the
+    busy client's requests do not use up the address's quota), then so is a made-up token;
+    from another address, a new made-up token on every request is refused after 1,000 too."""
     for i in range(4):
         sim.mode(i, "ok", service_ms=2)
     token_file = tmp_path / "token"
@@ -124,19 +124,21 @@ def test_a_busy_client_with_a_token_is_not_refused_and_anonymous_ones_still_are(
             anonymous, refused_headers, refused_body = same_address.until_refused(None, at_most=2 * LIMIT)
             made_up = same_address.post(secrets.token_urlsafe(32))
             same_address.close()
-            other_address = Client(front, "127.0.12.1")
-            random_tokens, _, _ = other_address.until_refused(secrets, at_most=2 * LIMIT)
-            other_address.close()
             out, err = busy.communicate(timeout=SECONDS + 60)
         finally:
             if busy.poll() is None:
                 busy.kill()
                 busy.wait()
+        # (after the busy client: the machine's CPU is its while it runs)
+        other_address = Client(front, "127.0.12.1")
+        random_tokens, _, _ = other_address.until_refused(secrets, at_most=2 * LIMIT)
+        other_address.close()
     summary = json.loads(out)["summary"]
     assert summary["status_codes"] == {"200": summary["requests"]}, (summary["status_codes"], err[-2000:])
-    # the rate was really asked of the edge: 500 requests/s for 12 s
-    assert summary["requests"] >= 0.9 * RATE * SECONDS, summary
-    assert summary["rate"]["achieved_rps"] >= 0.9 * RATE, summary["rate"]
+    # Far more than an address may send went through: 500 requests/s held gives 6,000
+    # (measured on a quiet machine); with other test runs on the 2 cores this client held
+    # 340-420, which still shows what counts, not how fast the machine is.
+    assert summary["requests"] >= 3 * LIMIT, (summary["requests"], summary["rate"])
     # made-up tokens and no token: the address's quota, whoever else calls from there
     assert_limited_after(anonymous, LIMIT)
     assert refused_headers["retry-after"] == "10"
