@@ -65,12 +65,14 @@ class Client:
             self.conn.close()  # the next request opens a new connection
         return response.status, {k.lower(): v for k, v in response.getheaders()}, body
 
-    def until_refused(self, token: object, at_most: int) -> tuple[list[int], dict[str, str], bytes]:
-        """Requests until the first 429 (or ``at_most``); the statuses and the refusal.
-        ``token``: a string, None (no token), or ``secrets`` for a new made-up one each time."""
+    def until_refused(
+        self, token: str | None, at_most: int, made_up: bool = False
+    ) -> tuple[list[int], dict[str, str], bytes]:
+        """Requests with ``token`` (None: none; ``made_up``: a new random one each time)
+        until the first 429 (or ``at_most``): the statuses and the refusal."""
         statuses: list[int] = []
         while len(statuses) < at_most:
-            status, headers, body = self.post(secrets.token_urlsafe(32) if token is secrets else token)  # type: ignore[arg-type]
+            status, headers, body = self.post(secrets.token_urlsafe(32) if made_up else token)
             statuses.append(status)
             if status == 429:
                 return statuses, headers, body
@@ -131,7 +133,7 @@ def test_a_busy_client_with_a_token_is_not_refused_and_anonymous_ones_still_are(
                 busy.wait()
         # (after the busy client: the machine's CPU is its while it runs)
         other_address = Client(front, "127.0.12.1")
-        random_tokens, _, _ = other_address.until_refused(secrets, at_most=2 * LIMIT)
+        random_tokens, _, _ = other_address.until_refused(None, at_most=2 * LIMIT, made_up=True)
         other_address.close()
     summary = json.loads(out)["summary"]
     assert summary["status_codes"] == {"200": summary["requests"]}, (summary["status_codes"], err[-2000:])
@@ -186,7 +188,7 @@ def test_an_unknown_token_counts_against_its_address(small_limits: FrontDoor) ->
     a known token from that address still passes."""
     front = small_limits
     client = Client(front, "127.0.14.1")
-    statuses, _, body = client.until_refused(secrets, at_most=60)
+    statuses, _, body = client.until_refused(None, at_most=60, made_up=True)
     client.close()
     assert_limited_after(statuses, 30)
     expected = "too many requests from this address without a known token: at most 30 in 10 s"
