@@ -56,11 +56,17 @@ class Ports:
     green_admin: int = field(default_factory=free_port)
 
 
-def edge_variables(ports: Ports, pki: Pki, work: Path, **overrides: Any) -> dict[str, Any]:
+def edge_variables(
+    ports: Ports, pki: Pki, work: Path, tokens: dict[str, str] | None = None, **overrides: Any
+) -> dict[str, Any]:
     """The fleet contract and the role variables a test deployment sets: loopback ports,
-    paths in ``work``; the rest are the role's defaults unless ``overrides`` say otherwise."""
+    paths in ``work``, the client ``tokens`` ({name: token}; default: ``client``); the rest
+    are the role's defaults unless ``overrides`` say otherwise."""
     as_root = os.geteuid() == 0
+    known = {"client": CLIENT_TOKEN} if tokens is None else tokens
     return {
+        "fleet_auth": True,
+        "fleet_api_tokens": [{"name": name, "token": token} for name, token in known.items()],
         "fleet_edge_port": ports.tls,
         "fleet_max_body_bytes": 1024 * 1024,
         "fleet_admin_port": ports.admin,
@@ -72,15 +78,20 @@ def edge_variables(ports: Ports, pki: Pki, work: Path, **overrides: Any) -> dict
         "edge_certificate": str(pki.pem_file),
         "edge_log": "stdout format raw local0",
         "edge_stats_socket": str(work / "admin.sock"),
+        "edge_token_map": str(work / "api-tokens.map"),
         # as deployed (unprivileged user in a chroot) when the tests can
         **({} if as_root else {"edge_user": "", "edge_chroot": ""}),
         **overrides,
     }
 
 
-def render(dest: Path, variables: dict[str, Any]) -> Path:
-    """The role's template rendered by Ansible with its defaults, its vars and ``variables``."""
-    extra = dest.with_suffix(".vars.json")
+def render(dest: Path, variables: dict[str, Any], template: str = "haproxy.cfg.j2") -> Path:
+    """A template of the role rendered by Ansible with its defaults, its vars and
+    ``variables``; for haproxy.cfg, the token map it reads too (``edge_token_map``), as
+    the role deploys both."""
+    if template == "haproxy.cfg.j2":
+        render(Path(variables["edge_token_map"]), variables, "api-tokens.map.j2")
+    extra = dest.with_name(dest.name + ".vars.json")
     extra.write_text(json.dumps(variables))
     proc = subprocess.run(
         [
@@ -93,7 +104,7 @@ def render(dest: Path, variables: dict[str, Any]) -> Path:
             "-m",
             "ansible.builtin.template",
             "-a",
-            f"src={ROLE / 'templates' / 'haproxy.cfg.j2'} dest={dest} mode=0644",
+            f"src={ROLE / 'templates' / template} dest={dest} mode=0644",
             "-e",
             f"ansible_python_interpreter={sys.executable}",
             "-e",
@@ -305,15 +316,18 @@ class FrontDoor:
         queue: dict[str, Any] | None = None,
         edge: dict[str, Any] | None = None,
         orchestrator_args: tuple[str, ...] = (),
+        tokens: dict[str, str] | None = None,
     ) -> None:
         self.pki = pki
+        # the fleet's client tokens ({name: token}), as both the orchestrator and the edge get them
+        self.tokens = {"client": CLIENT_TOKEN} if tokens is None else tokens
         self.sim = sim
         self.work = Path(tempfile.mkdtemp(prefix="onnxfleet-edge-"))
         self.ports = Ports()
         self.edge_overrides = edge or {}
         (self.work / "state").mkdir()
         (self.work / "admin-token").write_text(ADMIN_TOKEN + "\n")
-        self.tokens_path = tokens_file(self.work / "api-tokens", client=CLIENT_TOKEN)
+        self.tokens_path = tokens_file(self.work / "api-tokens", **self.tokens)
         self.routes_path = routes(
             self.work / "routes.json", [(f"c{i}/0", sim.url(i), f"c{i}") for i in range(containers)], queue
         )
@@ -330,7 +344,9 @@ class FrontDoor:
         self._stack = contextlib.ExitStack()
 
     def variables(self, **overrides: Any) -> dict[str, Any]:
-        return edge_variables(self.ports, self.pki, self.work, **{**self.edge_overrides, **overrides})
+        return edge_variables(
+            self.ports, self.pki, self.work, self.tokens, **{**self.edge_overrides, **overrides}
+        )
 
     @property
     def url(self) -> str:

@@ -24,7 +24,7 @@ from tests.edge.pki import Pki
 from tests.orchestrator.orch_support import SimFleet, peer_closed, read_answer, tokens_file, wait_for
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
-NO_RATE_LIMIT = {"edge_rate_limit_requests": 0}  # for load from one address (the test's)
+NO_RATE_LIMIT = {"edge_rate_limit_requests": 0, "edge_token_rate_limit_requests": 0}  # closed-loop load
 
 
 def healthz_ms(front: FrontDoor, source: str) -> float:
@@ -115,22 +115,23 @@ def test_slowloris_does_not_stop_legitimate_clients(pki: Pki, sim: SimFleet) -> 
 
 
 def test_ten_times_overload_gets_429s_with_flat_memory(pki: Pki, sim: SimFleet) -> None:
-    """40 keep-alive clients from 4 addresses against one container that serves 20
-    requests/s: the edge's per-client limit and the orchestrator's queue bound answer 429 at
-    once (JSON, Retry-After); neither process grows with the load; the container never
-    computes two at once."""
+    """40 keep-alive clients from 4 addresses with one token against one container that
+    serves 20 requests/s: the edge's per-token limit and the orchestrator's queue bound
+    answer 429 at once (JSON, Retry-After); neither process grows with the load; the
+    container never computes two at once."""
     sim.mode(0, "ok", service_ms=50)
-    edge = {"edge_rate_limit_requests": 50}
-    with FrontDoor(pki, sim, containers=1, queue={"max_length": 10}, edge=edge) as front:
+    edge = {"edge_token_rate_limit_requests": 50}
+    tokens = {"client": CLIENT_TOKEN, "second": "edge-test-second-token"}
+    with FrontDoor(pki, sim, containers=1, queue={"max_length": 10}, edge=edge, tokens=tokens) as front:
         orchestrator_pid = front.status()["pid"]
         [edge_pid] = front.haproxy.workers()
         context = ssl.create_default_context(cafile=str(pki.ca_file))
-        request = (
-            b"POST /run_model HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\nContent-Length: 2\r\n\r\n{}"
-            % CLIENT_TOKEN.encode()
-        )
 
-        async def overload(seconds: float, network: str) -> list[tuple[int, bytes]]:
+        async def overload(seconds: float, network: str, token: str) -> list[tuple[int, bytes]]:
+            request = (
+                b"POST /run_model HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
+                b"Content-Length: 2\r\n\r\n{}" % token.encode()
+            )
             answers: list[tuple[int, bytes]] = []
             end = time.monotonic() + seconds
 
@@ -155,9 +156,9 @@ def test_ten_times_overload_gets_429s_with_flat_memory(pki: Pki, sim: SimFleet) 
             await asyncio.gather(*(client(f"{network}.{i % 4 + 1}") for i in range(40)))
             return answers
 
-        asyncio.run(overload(0.5, "127.0.6"))  # warm up: buffers, tables, connections
+        asyncio.run(overload(0.5, "127.0.6", CLIENT_TOKEN))  # warm up: buffers, tables, connections
         edge_before, orchestrator_before = rss_kib(edge_pid), rss_kib(orchestrator_pid)
-        answers = asyncio.run(overload(3.0, "127.0.9"))  # other addresses: a fresh quota
+        answers = asyncio.run(overload(3.0, "127.0.9", tokens["second"]))  # another token: a fresh quota
         edge_grown = rss_kib(edge_pid) - edge_before
         orchestrator_grown = rss_kib(orchestrator_pid) - orchestrator_before
 
