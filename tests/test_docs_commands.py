@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import os
 import re
 import shlex
@@ -292,8 +293,10 @@ def syntax_check_argv(args: list[str], doc: Doc, workdir: Path) -> tuple[list[st
                 elif not (ROOT / name).is_file():
                     problems.append(f"extra-vars file {name!r} is neither in the repository nor made above")
                     continue
-            elif arg in {"-e", "--extra-vars"} and re.fullmatch(r"[A-Za-z_]\w*=[\w./:-]*", value):
-                continue  # key=value always parses; fewer distinct runs keep the check fast
+            if arg in {"-e", "--extra-vars"}:
+                problems += unknown_variables(value, doc)
+                if re.fullmatch(r"[A-Za-z_]\w*=[\w./:-]*", value):
+                    continue  # key=value always parses; fewer distinct runs keep the check fast
             argv += [arg, value]
         else:
             argv.append(arg)
@@ -305,6 +308,30 @@ def syntax_check_argv(args: list[str], doc: Doc, workdir: Path) -> tuple[list[st
         if not (ROOT / playbook).is_file():
             problems.append(f"playbook {playbook!r} is not in the repository")
     return problems, None if problems else tuple(argv)
+
+
+@functools.cache
+def ansible_words() -> frozenset[str]:
+    """Every identifier in the playbooks, roles and inventory: a variable the docs pass
+    with -e is one of them, or the run ignores it without a word."""
+    files = [*ROOT.glob("*.yml"), *ROOT.glob("playbooks/**/*.yml"), *ROOT.glob("roles/**/*.yml")]
+    files += ROOT.glob("inventory/**/*.yml")
+    text = "\n".join(f.read_text(encoding="utf-8") for f in files)
+    return frozenset(re.findall(r"\b[a-z_][a-z0-9_]*\b", text))
+
+
+def unknown_variables(value: str, doc: Doc) -> list[str]:
+    if value.startswith("@"):
+        value = doc.heredocs.get(value[1:], "{}")
+    if value.lstrip().startswith("{"):
+        try:
+            names = list(json.loads(re.sub(r"\$\{?\w+\}?", "x", value)))
+        except ValueError:
+            return []  # the syntax check reports it
+    else:
+        names = [pair.split("=", 1)[0] for pair in shlex.split(value) if "=" in pair]
+    unknown = [name for name in names if name not in ansible_words()]
+    return [f"-e {name}: no playbook, role or inventory uses it" for name in unknown]
 
 
 # ansible-playbook runs are most of this check's time: a doc's are started together.
@@ -594,6 +621,8 @@ def test_a_synthetic_doc_of_true_commands_passes() -> None:
         ("ansible-playbook site.yml --no-such-flag", "ansible-playbook --syntax-check fails"),
         ("ansible-playbook site.yml -e '{\"broken\": '", "ansible-playbook --syntax-check fails"),
         ("ansible-playbook site.yml -i inventory/no_such.yml", "inventory 'inventory/no_such.yml'"),
+        ("ansible-playbook site.yml -e fleet_wroker_count=6", "-e fleet_wroker_count: no playbook"),
+        ("ansible-playbook site.yml -e '{\"fleet_admin_cidr\": []}'", "-e fleet_admin_cidr: no playbook"),
         ("curl --no-such-option https://127.0.0.1:8443/status", "curl has no option '--no-such-option'"),
         ("curl -s --cacert ca.pem http://127.0.0.1:8443/status", "answers only https"),
         ("curl -s -H 'Authorization: Bearer x' https://fleet.example/status", "needs --cacert"),
