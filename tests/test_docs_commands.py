@@ -524,6 +524,22 @@ def broken_links(path: Path, text: str) -> list[str]:
     return problems
 
 
+def missing_prose_paths(text: str) -> list[str]:
+    """`code spans` in prose naming a repository path (its first part is a top-level entry)
+    that does not exist. ``.cache/`` is what runs make; a path inside a role (``meta/...``
+    said of every role) exists in one of them."""
+    top = {p.name for p in ROOT.iterdir()} - {".cache"}
+    problems = []
+    for number, line in enumerate(_prose_lines(text), start=1):
+        for match in re.finditer(r"`([^`\s]+)`", line):
+            value = match.group(1).rstrip("/")
+            if "/" not in value or value.split("/", 1)[0] not in top or re.search(r"[<>*{}$:]", value):
+                continue
+            if not (ROOT / value).exists() and not any(ROOT.glob(f"roles/*/{value}")):
+                problems.append(f"line {number}: `{value}` is not in the repository")
+    return problems
+
+
 # --- the check --------------------------------------------------------------------------
 
 
@@ -547,6 +563,7 @@ def doc_problems(name: str, text: str, path: Path | None = None) -> list[str]:
                     problems.append(f"{name}:{command.line}: {problem}\n    {command.text}")
     if path is not None:
         problems += [f"{name}: {problem}" for problem in broken_links(path, text)]
+    problems += [f"{name}: {problem}" for problem in missing_prose_paths(text)]
     return problems
 
 
@@ -643,6 +660,12 @@ def test_a_heredoc_made_vars_file_is_used_by_the_syntax_check(tmp_path: Path) ->
     broken = '```sh\ncat > my.json <<EOF\n{"fleet_admin_cidrs": [\nEOF\n```\n'
     assert doc_problems("d.md", broken + "```sh\nansible-playbook site.yml -e @my.json\n```\n")
     assert doc_problems("d.md", "```sh\nansible-playbook site.yml -e @absent.json\n```\n")
+
+
+def test_a_missing_path_named_in_prose_fails() -> None:
+    assert doc_problems("p.md", "See `playbooks/rollout.yml` and `meta/argument_specs.yml`.\n") == []
+    problems = doc_problems("p.md", "See `playbooks/no-such.yml`.\n")
+    assert problems == ["p.md: line 1: `playbooks/no-such.yml` is not in the repository"]
 
 
 def test_a_broken_link_or_anchor_fails(tmp_path: Path) -> None:
