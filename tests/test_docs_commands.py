@@ -482,6 +482,8 @@ def check_command(argv: list[str], doc: Doc, workdir: Path, inline: bool = False
             problems.append(f"onnxfleet has no command {argv[1]!r}")
     elif name == "onnxfleet":
         problems += check_onnxfleet(argv[1:])
+    elif name == "ansible-playbook" and inline and all(arg.startswith("-") for arg in argv[1:]):
+        pass  # prose naming the tool or an option (`ansible-playbook --syntax-check`)
     elif name == "ansible-playbook":
         problems += check_ansible_playbook(argv[1:], doc, workdir)
     elif name == "make":
@@ -693,6 +695,7 @@ def test_a_wrong_command_in_prose_fails(prose: str, expected: str) -> None:
 
 def test_prose_with_placeholders_or_only_a_command_name_is_not_a_command() -> None:
     prose = "`onnxfleet worker` and `onnxfleet load --cacert CA` and `make test TEST_JOBS=1`.\n"
+    prose += "Its `ansible-playbook --syntax-check` runs.\n"
     commands = [c.text for c in parse_doc("p.md", prose).commands]
-    assert commands == ["onnxfleet worker", "make test TEST_JOBS=1"]
+    assert commands == ["onnxfleet worker", "make test TEST_JOBS=1", "ansible-playbook --syntax-check"]
     assert doc_problems("p.md", prose) == []
