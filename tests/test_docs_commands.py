@@ -233,10 +233,19 @@ def check_onnxfleet(args: list[str]) -> list[str]:
     stderr, stdout = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
-            build_parser(command).parse_args(args)
+            parsed = build_parser(command).parse_args(args)
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             return [f"onnxfleet rejects it: {stderr.getvalue().strip().splitlines()[-1]}"]
+        return []
+    if command != "load" or not str(parsed.url).startswith("http://"):
+        return []
+    # What `onnxfleet load` checks when it runs needs the user's files (token, CA, bodies):
+    # of that, only the rules about the URL's scheme are checked here.
+    if parsed.cacert is not None:
+        return ["onnxfleet load: --cacert with an http:// URL is bad usage (exit 2)"]
+    if parsed.token is not None or parsed.token_file is not None:
+        return ["onnxfleet load: a token over http://; the edge answers only https"]
     return []
 
 
@@ -635,6 +644,8 @@ def test_a_synthetic_doc_of_true_commands_passes() -> None:
         ("onnxfleet load --url http://127.0.0.1:8080 --no-such-flag", "unrecognized arguments"),
         ("onnxfleet load --url http://127.0.0.1:8080 -c many", "invalid int value"),
         ("onnxfleet no-such-command", "invalid choice"),
+        ("onnxfleet load --url http://127.0.0.1:8443 --cacert ca.pem", "--cacert with an http:// URL"),
+        ("onnxfleet load --url http://fleet.example --token-file t", "a token over http://"),
         ("make no-such-target", "make has no target 'no-such-target'"),
         ("ansible-playbook playbooks/no-such.yml", "playbook 'playbooks/no-such.yml' is not in"),
         ("ansible-playbook site.yml --no-such-flag", "ansible-playbook --syntax-check fails"),
