@@ -1,24 +1,30 @@
 """The commands the docs show work as shown: each shell command in a fenced block of
-README.md, docs/*.md and roles/*/README.md is checked against the real tool, without side
-effects and without Docker or the network:
+README.md, docs/*.md and roles/*/README.md (and each `code span` in their prose that starts
+with onnxfleet, make, ansible-playbook, pytest or python and shows no placeholder) is
+checked against the real tool, without side effects and without Docker or the network:
 
 - ``onnxfleet <command> ...``: parsed by the real argparse parser (``onnxfleet.cli``);
+  ``onnxfleet load`` with a token or ``--cacert`` over ``http://`` is wrong too;
 - ``ansible-playbook X.yml ...``: ``--syntax-check`` with the same options, against an
-  empty ``localhost,`` inventory (the shown ``-i`` file must exist; its plugin would call
-  Docker or AWS); ``-e @file`` made by a heredoc earlier in the same doc is made here too;
+  inventory of the contract's groups and no hosts (the shown ``-i`` file must exist; its
+  plugin would call Docker or AWS); ``-e @file`` made by a heredoc earlier in the same doc
+  is made here too; every ``-e`` variable is one a playbook, role or inventory uses;
 - ``make <target>``: the target is in the Makefile;
 - ``curl``: every option is one this curl knows, and a request carrying the fleet's token or
   aimed at the edge's ports uses https with ``--cacert`` (the edge is TLS only);
-- any argument that names a file of this repository (``playbooks/rollout.yml``,
-  ``app/models/digits.json``), and every relative Markdown link and its anchor, exist.
+- ``python -m X``: the module exists;
+- any argument or prose `code span` that names a file of this repository, and every
+  relative Markdown link and its anchor, exist.
 
 A command no checker covers is a failure unless its program is in ``UNCHECKED`` with the
 reason. ``sh``/``bash``/``shell`` blocks are commands line by line, ``console`` blocks only
-their ``$ `` lines; diagrams and ``json``/``yaml``/``python``/``text`` blocks are not commands.
+their ``$ `` lines; a ``yaml`` block that is a play (``- hosts:``) is syntax-checked as a
+playbook; diagrams and ``json``/``python``/``text`` blocks are not commands.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import io
@@ -78,6 +84,7 @@ class Doc:
     name: str
     commands: list[Command] = field(default_factory=list)
     heredocs: dict[str, str] = field(default_factory=dict)
+    playbooks: list[tuple[int, str]] = field(default_factory=list)  # yaml blocks with hosts:
 
 
 # --- extraction -------------------------------------------------------------------------
@@ -98,11 +105,13 @@ def parse_doc(name: str, text: str) -> Doc:
         body: list[tuple[int, str]] = []
         i += 1
         while i < len(lines) and not FENCE.match(lines[i]):
-            body.append((i + 1, lines[i][indent:] if lines[i][:indent].isspace() else lines[i].lstrip()))
+            body.append((i + 1, lines[i][indent:] if not lines[i][:indent].strip() else lines[i].lstrip()))
             i += 1
         i += 1
         if language in SHELL_LANGUAGES:
             _block_commands(doc, body, console=language == "console")
+        elif language in {"yaml", "yml"} and body and re.match(r"^- (hosts|name):", body[0][1]):
+            doc.playbooks.append((body[0][0], "\n".join(line for _, line in body) + "\n"))
     _inline_commands(doc, text)
     return doc
 
@@ -345,7 +354,44 @@ def unknown_variables(value: str, doc: Doc) -> list[str]:
 
 # ansible-playbook runs are most of this check's time: a doc's are started together.
 _POOL = ThreadPoolExecutor(max_workers=3)
+_GROUP_POOL = ThreadPoolExecutor(max_workers=2)
 _SYNTAX_CHECKS: dict[tuple[str, ...], Future[str]] = {}
+
+
+def split_playbooks(argv: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(playbooks, the other arguments) of an ansible-playbook command line."""
+    playbooks: list[str] = []
+    options: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in PLAYBOOK_OPTIONS_WITH_VALUE:
+            options += [arg, next(it, "")]
+        elif arg.startswith("-"):
+            options.append(arg)
+        else:
+            playbooks.append(arg)
+    return tuple(playbooks), tuple(options)
+
+
+def start_syntax_checks(argvs: list[tuple[str, ...]]) -> None:
+    """Start the checks of ``argvs``. Those with the same options share one run (it takes
+    several playbooks); each runs alone only when that run fails, to say which one."""
+    groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    for argv in dict.fromkeys(argvs):
+        if argv not in _SYNTAX_CHECKS:
+            groups.setdefault(split_playbooks(argv)[1], []).append(argv)
+    for options, members in groups.items():
+        if len(members) == 1:
+            start_syntax_check(members[0])
+            continue
+        playbooks = tuple(dict.fromkeys(p for member in members for p in split_playbooks(member)[0]))
+        together = _GROUP_POOL.submit(_syntax_check, (*playbooks, *options))
+        for member in members:
+            _SYNTAX_CHECKS[member] = _POOL.submit(_alone_if_failed, together, member)
+
+
+def _alone_if_failed(together: Future[str], argv: tuple[str, ...]) -> str:
+    return together.result() and _syntax_check(argv)
 
 
 def start_syntax_check(argv: tuple[str, ...]) -> Future[str]:
@@ -359,11 +405,26 @@ def syntax_check(argv: tuple[str, ...]) -> str:
     return start_syntax_check(argv).result()
 
 
+@functools.cache
+def contract_inventory() -> Path:
+    """An inventory with the groups every fleet inventory has (docs/design.md, "Inventory
+    contract") and no hosts: what plays target resolves, and nothing is reached."""
+    directory = Path(tempfile.mkdtemp(prefix="docs-commands-inventory-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    inventory = directory / "inventory.yml"
+    inventory.write_text(
+        "all:\n  children:\n    onnxfleet:\n      children:\n"
+        "        workers: {}\n        orchestrators: {}\n",
+        encoding="utf-8",
+    )
+    return inventory
+
+
 def _syntax_check(argv: tuple[str, ...]) -> str:
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     executable = Path(sys.executable).parent / "ansible-playbook"
     run = subprocess.run(
-        [str(executable), *argv, "--syntax-check", "-i", "localhost,"],
+        [str(executable), *argv, "--syntax-check", "-i", str(contract_inventory())],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -375,7 +436,8 @@ def _syntax_check(argv: tuple[str, ...]) -> str:
         return ""
     output = (run.stderr + run.stdout).splitlines()
     lines = [line for line in output if "WARNING" not in line and line.strip()]
-    return " / ".join(lines[-3:])
+    first = next((i for i, line in enumerate(lines) if "ERROR" in line), max(len(lines) - 3, 0))
+    return " / ".join(lines[first : first + 4])
 
 
 @dataclass(frozen=True)
@@ -564,10 +626,17 @@ def doc_problems(name: str, text: str, path: Path | None = None) -> list[str]:
         except ValueError as error:
             problems.append(f"{name}:{command.line}: does not parse as shell ({error}): {command.text}")
     with tempfile.TemporaryDirectory(prefix="docs-commands-") as workdir:
-        for argv in (argv for _, argvs in parsed for argv in argvs if program(argv) == "ansible-playbook"):
-            check_argv = syntax_check_argv(argv[1:], doc, Path(workdir))[1]
-            if check_argv is not None:
-                start_syntax_check(check_argv)
+        shown = [argv for _, argvs in parsed for argv in argvs if program(argv) == "ansible-playbook"]
+        check_argvs = [syntax_check_argv(argv[1:], doc, Path(workdir))[1] for argv in shown]
+        examples: list[tuple[int, tuple[str, ...]]] = []
+        for line, playbook in doc.playbooks:
+            example = Path(workdir) / f"example-{line}.yml"
+            example.write_text(playbook, encoding="utf-8")
+            examples.append((line, (str(example),)))
+        start_syntax_checks([argv for argv in check_argvs if argv] + [argv for _, argv in examples])
+        for line, argv in examples:
+            if result := syntax_check(argv):
+                problems.append(f"{name}:{line}: the example playbook fails --syntax-check: {result}")
         for command, argvs in parsed:
             for argv in argvs:
                 for problem in check_command(argv, doc, Path(workdir), command.inline):
@@ -665,6 +734,16 @@ def test_a_synthetic_doc_of_true_commands_passes() -> None:
 def test_a_synthetic_doc_of_a_wrong_command_fails(block: str, expected: str) -> None:
     problems = doc_problems("wrong.md", f"```sh\n{block}\n```\n")
     assert any(expected in problem for problem in problems), problems
+
+
+def test_an_example_playbook_is_syntax_checked() -> None:
+    example = "```yaml\n- hosts: workers\n  roles:\n    - role: onnxfleet.serving.{}\n```\n"
+    assert doc_problems("r.md", example.format("app_image")) == []
+    # run together with site.yml (same options), then alone to tell which one fails
+    shown = "```sh\nansible-playbook site.yml\n```\n"
+    problems = doc_problems("r.md", shown + example.format("no_such_role"))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("r.md:5: the example playbook fails --syntax-check"), problems
 
 
 def test_a_heredoc_made_vars_file_is_used_by_the_syntax_check(tmp_path: Path) -> None:
