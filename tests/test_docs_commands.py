@@ -232,7 +232,8 @@ def simple_commands(text: str) -> Iterator[list[str]]:
 
 
 def program(argv: list[str]) -> str:
-    return Path(argv[0]).name
+    name = Path(argv[0]).name
+    return "python" if re.fullmatch(r"python3(\.\d+)?", name) else name
 
 
 def check_onnxfleet(args: list[str]) -> list[str]:
@@ -729,6 +730,7 @@ def test_a_synthetic_doc_of_true_commands_passes() -> None:
         ("jq . app/models/no-such.json", "'app/models/no-such.json' is not in the repository"),
         ("frobnicate --now", "no check for 'frobnicate'"),
         ("python -m bench.no_such_bench", "python -m bench.no_such_bench: no such module"),
+        ("python3 -m bench.no_such_bench", "python -m bench.no_such_bench: no such module"),
     ],
 )
 def test_a_synthetic_doc_of_a_wrong_command_fails(block: str, expected: str) -> None:
