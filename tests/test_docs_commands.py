@@ -54,7 +54,7 @@ UNCHECKED: dict[str, str] = {
     "export": "shell builtin",
     "echo": "shell builtin",
     "cat": "reads or writes the user's own files (a heredoc is kept for -e @file)",
-    "python": "inline Python code, not a CLI",
+    "python": "inline code or a script's own options (a -m module and named files are checked)",
     "jq": "a JSON filter over a repository file (the file is checked)",
     "docker": "the Docker CLI: this check runs without Docker (tests/worker runs the image)",
     "ansible-inventory": "the AWS inventory plugin needs AWS credentials and the network",
@@ -402,7 +402,7 @@ def start_syntax_check(argv: tuple[str, ...]) -> Future[str]:
 
 
 def syntax_check(argv: tuple[str, ...]) -> str:
-    """'' when ``ansible-playbook ARGV --syntax-check`` passes, else the end of its output."""
+    """'' when ``ansible-playbook ARGV --syntax-check`` passes, else its error line and a few after it."""
     return start_syntax_check(argv).result()
 
 
