@@ -153,3 +153,34 @@ def test_at_the_cap_a_closing_connection_makes_room_by_a_reset() -> None:
     newcomer.connection_made(fresh)  # type: ignore[arg-type]
     assert transport.aborted
     assert server.connections == {newcomer}
+
+
+class LaterApp:
+    """Answers nothing by itself: the test answers, as the dispatcher would later."""
+
+    def __init__(self) -> None:
+        self.waiting: list[Request] = []
+
+    def route(self, request: Request) -> Route:
+        return Route(self.waiting.append)
+
+
+def test_requests_read_ahead_are_bounded_in_bytes_and_parsed_on_their_turn() -> None:
+    clock = Clock()
+    app = LaterApp()
+    server = HTTPServer(app, Limits(max_body_bytes=1000), loop=clock)  # type: ignore[arg-type]
+    conn = server.protocol()
+    transport = Transport()
+    transport.protocol = conn
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    one = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 600\r\n\r\n" + b"x" * 600
+    receive(conn, clock, one * 12)
+    assert len(app.waiting) == 1
+    assert sum(len(r.body) for r in conn.pending) <= 1000 + 600 * 7  # a 4 KiB slice's worth past it
+    assert len(conn.pending) < 11
+    assert not transport.reading
+    for _ in range(12):  # answered in turn: the rest is parsed, nothing lost, in order
+        app.waiting[-1].respond(Reply(200, b"ok", []))
+        clock.run_soon()
+    assert transport.written.count(b"HTTP/1.1 200") == 12
+    assert transport.reading

@@ -192,6 +192,7 @@ class HTTPConnection(asyncio.Protocol):
         self.msg: Request | None = None  # being read
         self.active: Request | None = None  # being answered
         self.pending: deque[Request] = deque()  # pipelined, read while another was answered
+        self.pending_bytes = 0  # their bodies: read ahead up to one body limit
         self.head_size = 0
         self.head_fed = 0  # bytes given to the parser since the head began
         self.body_size = 0
@@ -239,6 +240,7 @@ class HTTPConnection(asyncio.Protocol):
         self.unfed = b""
         active, self.active = self.active, None
         self.pending.clear()
+        self.pending_bytes = 0
         if active is not None and not active.replied and active.on_abort is not None:
             active.on_abort()
 
@@ -298,7 +300,11 @@ class HTTPConnection(asyncio.Protocol):
             if self.closing or not self.read_more:
                 self.unfed, self.unfed_at = b"", 0
                 break
-            if self.write_paused or len(self.pending) >= MAX_PIPELINED:
+            if (
+                self.write_paused
+                or len(self.pending) >= MAX_PIPELINED
+                or self.pending_bytes >= self.limits.max_body_bytes
+            ):
                 break  # resume_writing, _next: on again
             at = self.unfed_at
             size = max(FEED_SLICE, self.body_left) if self.state == _BODY else FEED_SLICE
@@ -454,6 +460,7 @@ class HTTPConnection(asyncio.Protocol):
                 self._handle(msg)
         else:
             self.pending.append(msg)
+            self.pending_bytes += len(msg.body)
             self._update_reading()  # one request ahead is enough
 
     # -- requests ---------------------------------------------------------------------------------
@@ -541,6 +548,7 @@ class HTTPConnection(asyncio.Protocol):
         if self.active is not None or self.write_paused or not self.pending or self.closing:
             return
         msg = self.pending.popleft()
+        self.pending_bytes -= len(msg.body)
         self._feed_soon()
         self._update_reading()
         self._check_head(msg)
@@ -584,6 +592,7 @@ class HTTPConnection(asyncio.Protocol):
     def _stop_reading(self) -> None:
         self.closing = True
         self.pending.clear()
+        self.pending_bytes = 0
         self._update_reading()
         # no read deadline is left: an answer in progress is bounded by the application, its
         # sending by the send deadline
