@@ -184,3 +184,17 @@ def test_requests_read_ahead_are_bounded_in_bytes_and_parsed_on_their_turn() -> 
         clock.run_soon()
     assert transport.written.count(b"HTTP/1.1 200") == 12
     assert transport.reading
+
+
+def test_a_request_whose_head_came_while_answers_were_unsent_is_answered_once_they_are() -> None:
+    server, conn, transport, clock = connection(Limits(), reads=False)
+    gets = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * 70  # answers past the high-water mark
+    receive(conn, clock, gets + b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n")
+    assert conn.write_paused
+    assert transport.written.count(b"HTTP/1.1 200") < 70
+    transport.unsent, transport.reads = 0, True
+    conn.resume_writing()
+    clock.run_soon()
+    assert transport.written.count(b"HTTP/1.1 200") == 70
+    receive(conn, clock, b"abcd")  # the POST's body, after its head was put aside
+    assert transport.written.count(b"HTTP/1.1 200") == 71

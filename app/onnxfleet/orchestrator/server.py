@@ -461,7 +461,9 @@ class HTTPConnection(asyncio.Protocol):
         else:
             self.pending.append(msg)
             self.pending_bytes += len(msg.body)
-            self._update_reading()  # one request ahead is enough
+            self._update_reading()
+            if self.active is None:  # deferred while answers were unsent, and they are sent now
+                self._next()  # one request ahead is enough
 
     # -- requests ---------------------------------------------------------------------------------
     def _check_head(self, msg: Request) -> None:
