@@ -187,7 +187,7 @@ def test_requests_read_ahead_are_bounded_in_bytes_and_parsed_on_their_turn() -> 
 
 
 def test_a_request_whose_head_came_while_answers_were_unsent_is_answered_once_they_are() -> None:
-    server, conn, transport, clock = connection(Limits(), reads=False)
+    _server, conn, transport, clock = connection(Limits(), reads=False)
     gets = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * 70  # answers past the high-water mark
     receive(conn, clock, gets + b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n")
     assert conn.write_paused
