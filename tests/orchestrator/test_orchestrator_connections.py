@@ -456,3 +456,23 @@ def test_item9_tokens_or_insecure_open_let_it_serve_on_a_public_address(
         with Service(command, port, env=env) as service:
             code, _, _ = call(service.url + "/healthz")
             assert code == 200
+
+
+@pytest.mark.parametrize(
+    ("bind", "loopback"),
+    [
+        ("127.0.0.1:8000", True),
+        ("127.0.0.2:8000", True),
+        ("[::1]:8000", True),
+        ("localhost:8000", True),
+        ("unix:/run/onnxfleet.sock", True),
+        ("0.0.0.0:8000", False),
+        ("[::]:8000", False),
+        ("10.0.0.5:8000", False),
+        ("orchestrator.example:8000", False),
+    ],
+)
+def test_item9_which_binds_are_loopback(bind: str, loopback: bool) -> None:
+    from onnxfleet.orchestrator import cli
+
+    assert cli._loopback(bind) is loopback
