@@ -11,9 +11,10 @@ they stay there, or stay unsent after a close, longer than the send timeout), th
 requests read ahead of their turn (``MAX_PIPELINED``), the time to send a whole head, a
 whole body and between requests, and the number of connections (closing ones included).
 A handler answers at once or later (``Request.respond``): an inference request needs no
-task, only callbacks. Checks that need only the head (route, method, token, limits) run before the body is
-read, and their refusals are sent at once; the rest of that body is read and dropped for
-a while, so a client that sends its whole body before reading gets the answer.
+task, only callbacks. Checks that need only the head (route, method, token, limits) run
+before the body is read, and their refusals are sent at once; the rest of that body is
+read and dropped for a while, so a client that sends its whole body before reading gets
+the answer.
 """
 
 from __future__ import annotations
@@ -461,9 +462,9 @@ class HTTPConnection(asyncio.Protocol):
         else:
             self.pending.append(msg)
             self.pending_bytes += len(msg.body)
-            self._update_reading()
+            self._update_reading()  # one request ahead is enough
             if self.active is None:  # deferred while answers were unsent, and they are sent now
-                self._next()  # one request ahead is enough
+                self._next()
 
     # -- requests ---------------------------------------------------------------------------------
     def _check_head(self, msg: Request) -> None:
