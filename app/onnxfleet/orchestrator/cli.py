@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from onnxfleet.orchestrator.server import Limits
     from onnxfleet.orchestrator.tokens import Tokens
 
-DEFAULT_BIND = "0.0.0.0:8000"
+DEFAULT_BIND = "127.0.0.1:8000"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -100,9 +101,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--body-timeout",
         type=float,
+        default=60.0,
+        metavar="S",
+        help="to send a whole request body, from the end of its head (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--send-timeout",
+        type=float,
         default=30.0,
         metavar="S",
-        help="longest pause while sending a body (default: %(default)s)",
+        help="a client that leaves more than 64 KiB of answers unread (or unsent at a close) "
+        "this long is reset (default: %(default)s)",
     )
     parser.add_argument(
         "--keep-alive",
@@ -110,6 +119,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=75.0,
         metavar="S",
         help="idle connection lifetime (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--insecure-open",
+        action="store_true",
+        help="serve on a non-loopback address without client tokens (or without an admin token "
+        "where /admin is served): refused otherwise",
     )
     parser.add_argument(
         "--health-interval", type=float, default=1.0, metavar="S", help="default: %(default)s"
@@ -134,6 +149,42 @@ def _token(path: str | None, env: str) -> str | None:
             raise ValueError(f"{path}: the token file is empty")
         return token
     return os.environ.get(env) or None
+
+
+def _loopback(bind: str) -> bool:
+    """Whether a gunicorn bind address reaches this host only (unix sockets do)."""
+    if bind.startswith(("unix:", "fd://")):
+        return True
+    host = bind.rpartition(":")[0] if ":" in bind else bind
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _check_exposure(args: argparse.Namespace, api_tokens: bool, admin_token: bool) -> None:
+    """Refuse to serve an open API or admin API on an address others reach."""
+    if args.insecure_open:
+        return
+    listeners = [(args.bind, "the API" + (" and /admin" if args.admin_bind is None else ""))]
+    if args.admin_bind is not None:
+        listeners.append((args.admin_bind, "/admin"))
+    for bind, what in listeners:
+        if _loopback(bind):
+            continue
+        missing = []
+        if "API" in what and not api_tokens:
+            missing.append("client tokens (--api-tokens-file or $ONNXFLEET_API_TOKEN)")
+        if "admin" in what and not admin_token:
+            missing.append("an admin token (--admin-token-file or $ONNXFLEET_ADMIN_TOKEN)")
+        if missing:
+            raise ValueError(
+                f"{bind} is not a loopback address and {what} would be open to anyone who reaches "
+                f"it: give {' and '.join(missing)}, bind 127.0.0.1, or pass --insecure-open"
+            )
 
 
 def _positive(name: str, value: float) -> None:
@@ -183,6 +234,7 @@ def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
         "--max-connections",
         "--head-timeout",
         "--body-timeout",
+        "--send-timeout",
         "--keep-alive",
         "--health-fall",
         "--health-rise",
@@ -205,9 +257,11 @@ def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
     state_dir = Path(args.state_dir).resolve() if args.state_dir else None
     if state_dir is not None and not state_dir.is_dir():
         raise ValueError(f"--state-dir: {state_dir} is not a directory")
+    admin_token = _token(args.admin_token_file, "ONNXFLEET_ADMIN_TOKEN")
+    _check_exposure(args, api_token is not None or tokens_path is not None, admin_token is not None)
     settings = Settings(
         routes_path=routes_path,
-        admin_token=_token(args.admin_token_file, "ONNXFLEET_ADMIN_TOKEN"),
+        admin_token=admin_token,
         api_token=api_token,
         api_tokens_path=tokens_path,
         state_dir=state_dir,
@@ -225,6 +279,7 @@ def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
         max_body_bytes=args.max_body_bytes,
         head_timeout_s=args.head_timeout,
         body_timeout_s=args.body_timeout,
+        send_timeout_s=args.send_timeout,
         keep_alive_s=args.keep_alive,
         max_connections=args.max_connections,
     )
