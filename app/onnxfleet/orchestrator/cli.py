@@ -92,6 +92,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="open client connections at most (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-connection-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="request body bytes all connections hold at once, beyond 64 KiB each (bodies being "
+        "read, read ahead, or waiting for their answer); more: 503 busy (default: %(default)s)",
+    )
+    parser.add_argument(
         "--head-timeout",
         type=float,
         default=10.0,
@@ -232,6 +239,7 @@ def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
         "--max-body-bytes",
         "--max-queue-bytes",
         "--max-connections",
+        "--max-connection-bytes",
         "--head-timeout",
         "--body-timeout",
         "--send-timeout",
@@ -240,6 +248,11 @@ def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
         "--health-rise",
     ):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.max_connection_bytes < args.max_body_bytes:
+        raise ValueError(
+            f"--max-connection-bytes: expected at least --max-body-bytes ({args.max_body_bytes}), "
+            f"got {args.max_connection_bytes}"
+        )
     if args.retries < 0:
         raise ValueError(f"--retries: expected a value >= 0, got {args.retries}")
     health = HealthSpec(
@@ -282,6 +295,7 @@ def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
         send_timeout_s=args.send_timeout,
         keep_alive_s=args.keep_alive,
         max_connections=args.max_connections,
+        max_connection_bytes=args.max_connection_bytes,
     )
     return settings, limits, files
 

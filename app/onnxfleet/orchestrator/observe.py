@@ -49,6 +49,13 @@ class Observe:
                 "rejected": dict(d.rejected),
             },
             "jobs": {"stored": len(o.jobs.jobs), "max": o.jobs.max_jobs},
+            "request_bodies": None
+            if o.body_budget is None
+            else {
+                "held": o.body_budget.held,
+                "drawn": o.body_budget.used,
+                "max": o.body_budget.capacity,
+            },
             "history": o.history.view(),
             "uptime_s": round(time.time() - o.started, 1),
         }

@@ -58,6 +58,72 @@ WRITE_HIGH_WATER = 64 * 1024  # unsent answer bytes above which the client is no
 # the kernel's send buffer (it doubles it): fixed, so that a client that does not read
 # fills ours (and is no longer read) after this, not after what autotuning allows (4 MiB)
 SEND_BUFFER = 128 * 1024
+# request body bytes each connection holds without drawing on the shared budget: a small
+# request always fits, however much of the budget others hold (docs/orchestrator.md)
+CONNECTION_ALLOWANCE = 64 * 1024
+
+
+class BodyBudget:
+    """The request body bytes all connections hold at once, beyond their allowances."""
+
+    def __init__(self, capacity: int, allowance: int = CONNECTION_ALLOWANCE) -> None:
+        self.capacity = capacity
+        self.allowance = allowance
+        self.used = 0  # drawn beyond the allowances: at most capacity
+        self.held = 0  # all request body bytes the connections hold
+
+    def ledger(self) -> BodyLedger:
+        return BodyLedger(self)
+
+
+class BodyLedger:
+    """What one connection holds of request bodies (being read, read ahead, or waiting for
+    their answer), per request; the only place the shared budget is drawn on and given back.
+
+    A request's bytes are given back once: when it is answered (``release``), else when the
+    connection ends (``close``, which gives back all and takes nothing after).
+    """
+
+    __slots__ = ("budget", "closed", "drawn", "held", "requests")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.held = 0  # bytes this connection holds
+        self.drawn = 0  # of them, beyond its allowance: from the shared budget
+        self.requests: dict[Request, int] = {}
+        self.closed = False
+
+    def _set(self, held: int) -> bool:
+        drawn = max(0, held - self.budget.allowance)
+        if drawn > self.drawn and self.budget.used + drawn - self.drawn > self.budget.capacity:
+            return False
+        self.budget.used += drawn - self.drawn
+        self.budget.held += held - self.held
+        self.drawn = drawn
+        self.held = held
+        return True
+
+    def hold(self, msg: Request, size: int) -> bool:
+        """Hold ``size`` bytes in all for ``msg`` (no more than it holds: nothing); False: no room."""
+        if self.closed:
+            return False
+        had = self.requests.get(msg, 0)
+        if size <= had:
+            return True
+        if not self._set(self.held + size - had):
+            return False
+        self.requests[msg] = size
+        return True
+
+    def release(self, msg: Request) -> None:
+        had = self.requests.pop(msg, 0)
+        if had:
+            self._set(self.held - had)
+
+    def close(self) -> None:
+        self.closed = True
+        self.requests.clear()
+        self._set(0)
 
 
 @dataclass(frozen=True)
@@ -71,6 +137,7 @@ class Limits:
     linger_s: float = 10.0  # reading and dropping the rest of a refused body
     send_timeout_s: float = 30.0  # unsent answers above the high-water mark, or after a close
     max_connections: int = 1000
+    max_connection_bytes: int = 256 * 1024 * 1024  # request bodies held, all connections (BodyBudget)
 
 
 class Reply:
@@ -96,6 +163,7 @@ def error_reply(exc: HTTPError) -> Reply:
 class Request:
     __slots__ = (
         "body",
+        "busy",
         "conn",
         "early",
         "expect",
@@ -134,6 +202,7 @@ class Request:
         self.state: Any = None  # the application's, set by a guard for its handler
         self.early = False  # answered before its body was read
         self.too_large = False
+        self.busy = False  # its body did not fit the connections' budget: 503, dropped
         self.upgrade = False  # CONNECT or Upgrade: refused, then the connection closes
         self.received = False  # the whole request was read
         self.replied = False
@@ -172,6 +241,15 @@ class _HeadTooLarge(Exception):
     pass
 
 
+def _busy() -> HTTPError:
+    return HTTPError(
+        "the orchestrator holds too many request bytes: retry later",
+        status=503,
+        code="busy",
+        retry_after=1,
+    )
+
+
 def _internal() -> HTTPError:
     return HTTPError("the orchestrator failed on this request (see its log)")
 
@@ -202,6 +280,7 @@ class HTTPConnection(asyncio.Protocol):
         self.framing = 0  # bytes of a chunked body that are no body: chunk-size lines, trailers
         self.chunk_seen = False
         self.body_parts: list[bytes] = []
+        self.bodies = server.budget.ledger()
         self.state = _IDLE
         self.deadline = _INF  # loop.time() by which the current state must end (server sweep)
         # by which the client must have read its answers (high-water mark, or closing): every
@@ -235,6 +314,7 @@ class HTTPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.closing = True
+        self.bodies.close()
         if self.feeding is not None:
             self.feeding.cancel()
             self.feeding = None
@@ -419,6 +499,8 @@ class HTTPConnection(asyncio.Protocol):
         msg.upgrade = parser.should_upgrade()
         declared = msg.header(b"content-length")
         self.body_left = int(declared) if declared is not None and declared.isdigit() else 0
+        if 0 < self.body_left <= self.limits.max_body_bytes and not self.bodies.hold(msg, self.body_left):
+            msg.busy = True
         self.state = _BODY
         self._set_deadline(self.limits.body_timeout_s)
         if self.active is not None or self.pending or self.write_paused:
@@ -433,16 +515,20 @@ class HTTPConnection(asyncio.Protocol):
         assert msg is not None
         self.body_read += len(body)
         self.body_left -= len(body)
-        if msg.early or msg.too_large:
+        if msg.early or msg.too_large or msg.busy:
             return  # refused: dropped
         self.body_size += len(body)
         if self.body_size > self.limits.max_body_bytes:
             msg.too_large = True
-            self.body_parts = []
-            if msg is self.active:
-                self._early(msg, PayloadTooLarge(self.limits.max_body_bytes))
+        elif not self.bodies.hold(msg, self.body_size):  # a chunked body, as it grows
+            msg.busy = True
+        else:
+            self.body_parts.append(body)
             return
-        self.body_parts.append(body)
+        self.body_parts = []
+        self.bodies.release(msg)
+        if msg is self.active:
+            self._early(msg, PayloadTooLarge(self.limits.max_body_bytes) if msg.too_large else _busy())
 
     def on_message_complete(self) -> None:
         msg = self.msg
@@ -479,6 +565,8 @@ class HTTPConnection(asyncio.Protocol):
             declared = msg.header(b"content-length")
             if declared is not None and int(declared) > self.limits.max_body_bytes:
                 raise PayloadTooLarge(self.limits.max_body_bytes)
+            if msg.busy:
+                raise _busy()
         except HTTPError as exc:
             self._early(msg, exc)
             return
@@ -518,6 +606,7 @@ class HTTPConnection(asyncio.Protocol):
         if msg.replied or msg is not self.active or transport is None or transport.is_closing():
             return
         msg.replied = True
+        self.bodies.release(msg)  # what is still held after the answer, the queue counts
         msg.on_abort = None  # nothing to abort anymore (and no reference cycle through it)
         keep = msg.keep_alive and not reply.close and not self.closing and not self.server.closing
         head = [_STATUS_LINES.get(reply.status) or b"HTTP/1.1 %d \r\n" % reply.status]
@@ -594,6 +683,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def _stop_reading(self) -> None:
         self.closing = True
+        for msg in self.pending:
+            self.bodies.release(msg)
         self.pending.clear()
         self.pending_bytes = 0
         self._update_reading()
@@ -613,6 +704,7 @@ class HTTPConnection(asyncio.Protocol):
         else:
             last.keep_alive = False
         if self.msg is not None and self.msg is not last:  # a request cut short: never answered
+            self.bodies.release(self.msg)
             self.msg = None
             self.state = _WAIT
             self._set_deadline(None)
@@ -697,11 +789,19 @@ def _upgrade_refused(msg: Request) -> HTTPError:
 class HTTPServer:
     """The listeners' shared state: the application, the limits, the open connections."""
 
-    def __init__(self, app: App, limits: Limits, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        limits: Limits,
+        loop: asyncio.AbstractEventLoop | None = None,
+        budget: BodyBudget | None = None,
+    ) -> None:
         self.app = app
         self.limits = limits
         self.loop = loop or asyncio.get_running_loop()
         self.connections: set[HTTPConnection] = set()
+        # one for the process: the API and admin listeners share it
+        self.budget = budget or BodyBudget(limits.max_connection_bytes)
         self.servers: list[asyncio.AbstractServer] = []
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
