@@ -54,7 +54,8 @@ def test_release_gives_back_once_and_close_gives_back_the_rest() -> None:
     budget, one = ledger(1 * MIB, allowance=64 * KIB)
     other = budget.ledger()
     a, b, c = Msg(), Msg(), Msg()
-    assert one.hold(a, 300 * KIB) and one.hold(b, 200 * KIB)  # type: ignore[arg-type]
+    assert one.hold(a, 300 * KIB)
+    assert one.hold(b, 200 * KIB)
     assert other.hold(c, 100 * KIB)  # type: ignore[arg-type]
     assert budget.used == (500 - 64) * KIB + (100 - 64) * KIB
     one.release(a)  # type: ignore[arg-type]
@@ -131,7 +132,8 @@ def test_a_declared_body_is_held_from_its_head_and_given_back_with_its_answer() 
     srv, clock = server()
     conn, transport = connect(srv)
     receive(conn, clock, post(MIB) + b"a" * KIB)
-    assert srv.budget.held == MIB and srv.budget.used == MIB - 64 * KIB  # all of it, up front
+    assert srv.budget.held == MIB
+    assert srv.budget.used == MIB - 64 * KIB
     receive(conn, clock, b"a" * (MIB - KIB))
     assert [s for s, _ in answers(transport)] == [200]
     assert (srv.budget.used, srv.budget.held) == (0, 0)
@@ -147,7 +149,8 @@ def test_a_declared_body_that_does_not_fit_gets_503_busy_and_the_connection_goes
     conn, transport = connect(srv)
     receive(conn, clock, post(200 * KIB))
     [(code, body)] = answers(transport)
-    assert code == 503 and json.loads(body)["code"] == "busy"
+    assert code == 503
+    assert json.loads(body)["code"] == "busy"
     assert b"Retry-After: 1" in transport.written
     assert srv.budget.used == used  # nothing taken for it
     receive(conn, clock, b"a" * 200 * KIB)  # its body: read and dropped
@@ -167,7 +170,8 @@ def test_a_chunked_body_is_held_as_it_grows_and_refused_busy_when_the_budget_is_
     assert answers(transport) == []
     receive(conn, clock, chunk(b"c" * 700 * KIB))  # 1212 KiB: 124 KiB too many
     [(code, body)] = answers(transport)
-    assert code == 503 and json.loads(body)["code"] == "busy"
+    assert code == 503
+    assert json.loads(body)["code"] == "busy"
     assert srv.budget.used == MIB  # its part given back at once
     receive(conn, clock, chunk(b"c" * 100 * KIB) + b"0\r\n\r\n")  # dropped, then the next request
     receive(conn, clock, post(10) + b"0123456789")
