@@ -322,6 +322,9 @@ class Orchestrator:
         ex = Exchange(data, caller.deadline, done)
         if self.dispatcher.batcher is not None:
             ex.part = self.batcher.part(request)
+        # one copy of the body until the answer, the exchange's (the connection's budget
+        # counts it until then; docs/orchestrator.md "Memory bound")
+        request.body = b""
         try:
             self.dispatcher.submit(ex)
         except HTTPError as exc:
