@@ -145,3 +145,28 @@ def test_the_budget_is_given_back_after_every_ending_and_a_large_request_fits_ag
         code, _, answer = call(orch.url + "/run_model", "POST", data, timeout=10)
         assert code == 200, answer
         assert request_bodies(orch) == {"held": 0, "drawn": 0, "max": limit}
+
+
+def limits_of(*argv: str) -> tuple[int, int]:
+    import argparse
+
+    from onnxfleet.orchestrator import cli
+
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    _settings, limits, _files = cli.load(parser.parse_args(argv))
+    return limits.max_connection_bytes, limits.max_body_bytes
+
+
+def test_the_budget_defaults_to_256_mib_or_the_body_limit_and_is_never_below_it(
+    sim: SimFleet, tmp_path: Path
+) -> None:
+    table = str(routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")]))
+    assert limits_of("--routes", table) == (256 * MIB, 8 * MIB)
+    assert limits_of("--routes", table, "--max-body-bytes", str(512 * MIB)) == (512 * MIB, 512 * MIB)
+    assert (
+        limits_of("--routes", table, "--max-connection-bytes", str(3 * MIB), "--max-body-bytes", str(MIB))[0]
+        == 3 * MIB
+    )
+    with pytest.raises(ValueError, match="--max-connection-bytes: expected at least --max-body-bytes"):
+        limits_of("--routes", table, "--max-connection-bytes", str(MIB), "--max-body-bytes", str(2 * MIB))
