@@ -249,3 +249,20 @@ def test_every_way_a_request_ends_gives_back_what_it_held(ending: str) -> None:
         everything_given_back(srv)
         lost(conn)
     everything_given_back(srv)
+
+
+@pytest.mark.parametrize("why", ["too large", "busy"])
+def test_a_body_refused_while_read_ahead_gives_back_at_once_not_on_its_turn(why: str) -> None:
+    limits = Limits(max_body_bytes=MIB, max_connection_bytes=MIB if why == "busy" else 2 * MIB)
+    later = App(later=True)
+    srv, clock = server(limits, app=later)
+    conn, transport = connect(srv)
+    receive(conn, clock, post(10) + b"0123456789")  # waits for its answer
+    size = 1100 * KIB if why == "too large" else 1000 * KIB  # busy: 936 + 136 KiB drawn > 1 MiB
+    if why == "busy":
+        receive(connect(srv)[0], clock, post(0, chunked=True) + chunk(b"h" * 200 * KIB))
+    receive(conn, clock, post(0, chunked=True) + chunk(b"c" * size) + b"0\r\n\r\n")
+    assert srv.budget.held == 10 + (200 * KIB if why == "busy" else 0)  # the read-ahead body: dropped
+    later.waiting[0].respond(Reply(200, b"ok", []))
+    clock.run_soon()
+    assert [s for s, _ in answers(transport)] == [200, 413 if why == "too large" else 503]
