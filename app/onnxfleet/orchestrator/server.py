@@ -78,51 +78,49 @@ class BodyBudget:
 
 class BodyLedger:
     """What one connection holds of request bodies (being read, read ahead, or waiting for
-    their answer), per request; the only place the shared budget is drawn on and given back.
+    their answer); the only place the shared budget is drawn on and given back. Each request
+    notes what it holds (``Request.held``).
 
     A request's bytes are given back once: when it is answered (``release``), else when the
     connection ends (``close``, which gives back all and takes nothing after).
     """
 
-    __slots__ = ("budget", "closed", "drawn", "held", "requests")
+    __slots__ = ("budget", "closed", "drawn", "held")
 
     def __init__(self, budget: BodyBudget) -> None:
         self.budget = budget
         self.held = 0  # bytes this connection holds
         self.drawn = 0  # of them, beyond its allowance: from the shared budget
-        self.requests: dict[Request, int] = {}
         self.closed = False
 
     def _set(self, held: int) -> bool:
-        drawn = max(0, held - self.budget.allowance)
-        if drawn > self.drawn and self.budget.used + drawn - self.drawn > self.budget.capacity:
+        budget = self.budget
+        drawn = held - budget.allowance if held > budget.allowance else 0
+        if drawn > self.drawn and budget.used + drawn - self.drawn > budget.capacity:
             return False
-        self.budget.used += drawn - self.drawn
-        self.budget.held += held - self.held
+        budget.used += drawn - self.drawn
+        budget.held += held - self.held
         self.drawn = drawn
         self.held = held
         return True
 
     def hold(self, msg: Request, size: int) -> bool:
         """Hold ``size`` bytes in all for ``msg`` (no more than it holds: nothing); False: no room."""
-        if self.closed:
-            return False
-        had = self.requests.get(msg, 0)
-        if size <= had:
+        more = size - msg.held
+        if more <= 0:
             return True
-        if not self._set(self.held + size - had):
+        if self.closed or not self._set(self.held + more):
             return False
-        self.requests[msg] = size
+        msg.held = size
         return True
 
     def release(self, msg: Request) -> None:
-        had = self.requests.pop(msg, 0)
-        if had:
-            self._set(self.held - had)
+        held, msg.held = msg.held, 0
+        if held and not self.closed:
+            self._set(self.held - held)
 
     def close(self) -> None:
         self.closed = True
-        self.requests.clear()
         self._set(0)
 
 
@@ -168,6 +166,7 @@ class Request:
         "early",
         "expect",
         "headers",
+        "held",
         "http10",
         "keep_alive",
         "method",
@@ -202,6 +201,7 @@ class Request:
         self.state: Any = None  # the application's, set by a guard for its handler
         self.early = False  # answered before its body was read
         self.too_large = False
+        self.held = 0  # body bytes held for it in the connections' budget (BodyLedger)
         self.busy = False  # its body did not fit the connections' budget: 503, dropped
         self.upgrade = False  # CONNECT or Upgrade: refused, then the connection closes
         self.received = False  # the whole request was read
@@ -520,7 +520,7 @@ class HTTPConnection(asyncio.Protocol):
         self.body_size += len(body)
         if self.body_size > self.limits.max_body_bytes:
             msg.too_large = True
-        elif not self.bodies.hold(msg, self.body_size):  # a chunked body, as it grows
+        elif self.body_size > msg.held and not self.bodies.hold(msg, self.body_size):  # chunked
             msg.busy = True
         else:
             self.body_parts.append(body)
@@ -606,7 +606,8 @@ class HTTPConnection(asyncio.Protocol):
         if msg.replied or msg is not self.active or transport is None or transport.is_closing():
             return
         msg.replied = True
-        self.bodies.release(msg)  # what is still held after the answer, the queue counts
+        if msg.held:
+            self.bodies.release(msg)  # what is still held after the answer, the queue counts
         msg.on_abort = None  # nothing to abort anymore (and no reference cycle through it)
         keep = msg.keep_alive and not reply.close and not self.closing and not self.server.closing
         head = [_STATUS_LINES.get(reply.status) or b"HTTP/1.1 %d \r\n" % reply.status]
