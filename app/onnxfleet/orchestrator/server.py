@@ -4,7 +4,8 @@ Its own protocol rather than an ASGI server because the orchestrator is one proc
 CPU time per request limits it at short service times, and because it must bound what a
 client can make it hold (docs/orchestrator.md): the request head (size and header count,
 checked before the parser joins header pieces), the body (``Content-Length`` refused
-before reading, chunked bodies when they grow past the limit), the chunked framing
+before reading, chunked bodies when they grow past the limit), the bodies all
+connections hold together (``BodyBudget``: 503 ``busy`` past it), the chunked framing
 (chunk-size lines and trailers, as the head), the answers a client leaves unread (it is
 no longer read while they are above the write buffer's high-water mark, and reset when
 they stay there, or stay unsent after a close, longer than the send timeout), the
