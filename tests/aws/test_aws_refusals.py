@@ -74,11 +74,18 @@ def test_a_key_pair_holding_the_fleets_key_is_used(
     ec2: Any, ansible: Callable[..., Run], ssh_public_key: Path, tmp_path: Path
 ) -> None:
     """The same key imported before (without the fleet's tags: another controller made it)
-    passes the check: the run goes on to its first check mode change."""
+    passes the key check: the run goes on to the next check, which a VPC of the fleet's name
+    stops, before anything is made."""
     fleet = "keyshared"
     ec2.import_key_pair(KeyName=fleet, PublicKeyMaterial=ssh_public_key.read_bytes())
-    run = provision(ansible, fleet, ssh_public_key, tmp_path, "--check").check()
+    ec2.create_vpc(
+        CidrBlock="10.42.0.0/16",
+        TagSpecifications=[{"ResourceType": "vpc", "Tags": [{"Key": "Name", "Value": fleet}]}],
+    )
+    run = provision(ansible, fleet, ssh_public_key, tmp_path)
+    assert run.rc != 0
     assert "holds another key" not in run.output
+    assert f"is named {fleet} with the CIDR 10.42.0.0/16 but not tagged" in run.output
     assert_nothing_created(ec2, fleet)
 
 
