@@ -6,7 +6,6 @@ architectures. Each against moto, each with its own fleet."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tests.aws.aws_support import AWS_PLAYBOOK_ARGS, Run, fleet_filter, live_instances, tags_of
+from tests.aws.aws_support import AWS_PLAYBOOK_ARGS, Run, fleet_filter, live_instances, run_ansible, tags_of
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +21,9 @@ ADMIN = ["203.0.113.7/32"]
 
 
 def provision(
-    ansible: Callable[..., Run], fleet: str, key: Path, tmp_path: Path, *extra: str, **settings: Any
+    aws_env: dict[str, str], fleet: str, key: Path, tmp_path: Path, *extra: str, **settings: Any
 ) -> Run:
+    """provision.yml for this fleet (the inventory finds it by $ONNXFLEET_FLEET)."""
     path = tmp_path / f"{fleet}.json"
     path.write_text(
         json.dumps(
@@ -36,8 +36,14 @@ def provision(
             }
         )
     )
-    return ansible(
-        "ansible-playbook", "playbooks/provision.yml", *AWS_PLAYBOOK_ARGS, "-e", f"@{path}", *extra
+    return run_ansible(
+        {**aws_env, "ONNXFLEET_FLEET": fleet},
+        "ansible-playbook",
+        "playbooks/provision.yml",
+        *AWS_PLAYBOOK_ARGS,
+        "-e",
+        f"@{path}",
+        *extra,
     )
 
 
@@ -53,14 +59,14 @@ def another_public_key() -> str:
 
 
 def test_a_key_pair_holding_another_key_is_refused(
-    ec2: Any, ansible: Callable[..., Run], ssh_public_key: Path, tmp_path: Path
+    ec2: Any, aws_env: dict[str, str], ssh_public_key: Path, tmp_path: Path
 ) -> None:
     """A key pair of the fleet's name (a lost state directory, a second controller, a name
     taken) that holds another key: nodes launched with it would refuse Ansible's key."""
     fleet = "keyclash"
     ec2.import_key_pair(KeyName=fleet, PublicKeyMaterial=another_public_key().encode())
     [before] = ec2.describe_key_pairs(KeyNames=[fleet])["KeyPairs"]
-    run = provision(ansible, fleet, ssh_public_key, tmp_path)
+    run = provision(aws_env, fleet, ssh_public_key, tmp_path)
     assert run.rc != 0
     assert f"The key pair {fleet} in us-east-1 holds another key" in run.output
     assert before["KeyFingerprint"] in run.output
@@ -71,7 +77,7 @@ def test_a_key_pair_holding_another_key_is_refused(
 
 
 def test_a_key_pair_holding_the_fleets_key_is_used(
-    ec2: Any, ansible: Callable[..., Run], ssh_public_key: Path, tmp_path: Path
+    ec2: Any, aws_env: dict[str, str], ssh_public_key: Path, tmp_path: Path
 ) -> None:
     """The same key imported before (without the fleet's tags: another controller made it)
     passes the key check: the run goes on to the next check, which a VPC of the fleet's name
@@ -82,7 +88,7 @@ def test_a_key_pair_holding_the_fleets_key_is_used(
         CidrBlock="10.42.0.0/16",
         TagSpecifications=[{"ResourceType": "vpc", "Tags": [{"Key": "Name", "Value": fleet}]}],
     )
-    run = provision(ansible, fleet, ssh_public_key, tmp_path)
+    run = provision(aws_env, fleet, ssh_public_key, tmp_path)
     assert run.rc != 0
     assert "holds another key" not in run.output
     assert f"is named {fleet} with the CIDR 10.42.0.0/16 but not tagged" in run.output
@@ -90,7 +96,7 @@ def test_a_key_pair_holding_the_fleets_key_is_used(
 
 
 def test_an_untagged_vpc_of_the_fleets_name_and_cidr_is_not_adopted(
-    ec2: Any, ansible: Callable[..., Run], ssh_public_key: Path, tmp_path: Path
+    ec2: Any, aws_env: dict[str, str], ssh_public_key: Path, tmp_path: Path
 ) -> None:
     """amazon.aws.ec2_vpc_net adopts a VPC by Name tag and CIDR: it would retag it as the
     fleet's, and a teardown would delete it."""
@@ -99,7 +105,7 @@ def test_an_untagged_vpc_of_the_fleets_name_and_cidr_is_not_adopted(
         CidrBlock="10.42.0.0/16",
         TagSpecifications=[{"ResourceType": "vpc", "Tags": [{"Key": "Name", "Value": fleet}]}],
     )["Vpc"]["VpcId"]
-    run = provision(ansible, fleet, ssh_public_key, tmp_path)
+    run = provision(aws_env, fleet, ssh_public_key, tmp_path)
     assert run.rc != 0
     assert f"{vpc} is named {fleet} with the CIDR 10.42.0.0/16 but not tagged" in run.output
     assert_nothing_created(ec2, fleet)
@@ -108,13 +114,13 @@ def test_an_untagged_vpc_of_the_fleets_name_and_cidr_is_not_adopted(
 
 
 def test_an_instance_type_change_across_architectures_is_refused_before_anything_stops(
-    ec2: Any, ansible: Callable[..., Run], ssh_public_key: Path, tmp_path: Path
+    ec2: Any, aws_env: dict[str, str], ssh_public_key: Path, tmp_path: Path
 ) -> None:
     """x86_64 nodes asked to become Graviton (arm64): EC2 would refuse the type for the
     nodes' x86_64 image after the role stopped them, and they would stay stopped."""
     fleet = "crossarch"
     one = ("-e", "fleet_worker_count=1")
-    provision(ansible, fleet, ssh_public_key, tmp_path, *one).check()
+    provision(aws_env, fleet, ssh_public_key, tmp_path, *one).check()
     before = {
         i["InstanceId"]: (i["InstanceType"], i["State"]["Name"])
         for i in live_instances(ec2, fleet_filter(fleet))
@@ -126,7 +132,7 @@ def test_an_instance_type_change_across_architectures_is_refused_before_anything
         "aws_fleet_allow_instance_type_change": True,
         "aws_fleet_drain_on_type_change": False,
     }
-    run = provision(ansible, fleet, ssh_public_key, tmp_path, *one, **graviton)
+    run = provision(aws_env, fleet, ssh_public_key, tmp_path, *one, **graviton)
     assert run.rc != 0
     assert "worker-1 runs c7i.large on an x86_64 image" in run.output
     assert "c7g.large is arm64: an instance cannot change architecture" in run.output
@@ -135,8 +141,11 @@ def test_an_instance_type_change_across_architectures_is_refused_before_anything
         for i in live_instances(ec2, fleet_filter(fleet))
     }
     assert after == before, "nothing stopped, nothing changed"
-    teardown = ansible(
-        "ansible-playbook", "playbooks/teardown.yml", *AWS_PLAYBOOK_ARGS, "-e", f"fleet_name={fleet}"
+    teardown = run_ansible(
+        {**aws_env, "ONNXFLEET_FLEET": fleet},
+        "ansible-playbook",
+        "playbooks/teardown.yml",
+        *AWS_PLAYBOOK_ARGS,
     )
     teardown.check()
     assert live_instances(ec2, fleet_filter(fleet)) == []
