@@ -76,7 +76,7 @@ options:
   vpc_name:
     description:
       - The fleet VPC's C(Name) tag (O(purpose=present)). The VPCs named so, with any tags,
-        are returned as RV(named_vpcs): C(amazon.aws.ec2_vpc_net) would adopt one of them.
+        are returned as RV(named_vpcs), since C(amazon.aws.ec2_vpc_net) would adopt one of them.
     type: str
 extends_documentation_fragment:
   - amazon.aws.common.modules
@@ -153,10 +153,10 @@ key_pair:
   sample: {"key_name": "prod", "key_type": "ed25519", "public_key": "ssh-ed25519 AAAA..."}
 key_pair_matches:
   description:
-    - Whether the key pair RV(key_pair) holds O(public_key): the same public key, or, where
-      EC2 does not return it, the fingerprint EC2 gives an imported key (RSA, MD5 of the DER
-      public key or of the key blob; ED25519, base64 SHA-256 of the key blob). C(null) when
-      there is no key pair or no O(public_key).
+    - Whether the key pair RV(key_pair) holds O(public_key). Compared with the public key EC2
+      returns, or where it returns none, with the fingerprint EC2 gives an imported key (RSA,
+      MD5 of the DER public key or of the key blob; ED25519, base64 SHA-256 of the key blob).
+      C(null) when there is no key pair or no O(public_key).
   returned: O(purpose=present)
   type: bool
 named_vpcs:
