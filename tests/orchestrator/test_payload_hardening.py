@@ -192,7 +192,9 @@ def test_a_request_with_a_header_a_worker_refuses_alone_is_never_merged(
         first = occupy(orch, echo, hold_ms=800)
         answers = send_queued_after(orch, first, [long, named, other])
         assert [a.status for a in answers] == [200] * 3
-        assert echo.stats(0)["order"][-3:] == ["long", "short", "short"]  # each alone
+        stats = echo.stats(0)
+        assert stats["received"] == 1 + 3  # the first, then each alone
+        assert stats["order"][-3:] == ["long", "short", "short"]
 
 
 def send_queued_after(
