@@ -405,3 +405,22 @@ def test_four_connections_polling_a_1_mib_job_leave_healthz_fast(echo: SimFleet,
     median = statistics.median(times)
     print(f"/healthz median {median * 1000:.1f} ms while 4 connections poll a {len(body)}-byte job")
     assert median < 0.05
+
+
+def test_a_result_that_does_not_fit_in_the_job_store_is_a_short_507_result(
+    echo: SimFleet, tmp_path: Path
+) -> None:
+    """The request fits (--max-job-bytes), its answer is larger: the job fails with a result
+    that says so instead of holding more than the bound."""
+    rows = np.full((600, 16), 0.5, dtype=np.float32)
+    body = json.dumps({"inputs": rows.tolist()}, separators=(",", ":")).encode()  # the answer: larger
+    with in_process(table(tmp_path / "routes.json", echo), "--max-job-bytes", str(len(body) + 2048)) as orch:
+        code, _, job = call(orch.url + "/jobs", "POST", body)
+        assert code == 202
+        url = orch.url + job["status_url"]
+        view = wait_for(lambda: (v := call(url)[2])["status"] != "queued" and v["status"] != "running" and v)
+        assert view["status"] == "failed"
+        assert view["result"]["status_code"] == 507
+        assert view["result"]["body"]["code"] == "result_too_large"
+        assert "--max-job-bytes" in view["result"]["body"]["error"]
+        assert orch.call_soon(lambda: orch.orchestrator.jobs.bytes) < 2048
