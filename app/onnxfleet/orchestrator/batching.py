@@ -216,6 +216,7 @@ class Batcher:
                     m.timer = None
             self.dispatcher.put_back(members[1:])
             head.container = None
+            self._count(1, head)
             return head
 
     def _gather(self, head: Exchange, c: Container, members: list[Exchange]) -> Exchange:
