@@ -8,6 +8,7 @@ the worker's codec, or scripted containers on loopback."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 import statistics
@@ -351,10 +352,23 @@ def test_a_finished_job_is_stored_as_its_json_once(echo: SimFleet, tmp_path: Pat
     and each GET writes those bytes as they are."""
     rows, body = one_mib_job()
     with in_process(table(tmp_path / "routes.json", echo)) as orch:
-        code, _, job = call(orch.url + "/jobs", "POST", body)
-        assert code == 202
+        store = orch.orchestrator.jobs
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            code, _, job = call(orch.url + "/jobs", "POST", body)
+            assert code == 202
+            wait_for(lambda: orch.call_soon(lambda: store.jobs[job["id"]].finished is not None), what="done")
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        print(f"a stored job of a {len(body)}-byte request holds {held / 2**20:.2f} MiB")
+        assert held < 1.3 * len(body)
         url = orch.url + job["status_url"]
-        view = wait_for(lambda: (v := call(url)[2])["status"] == "done" and v, what="done")
+        view = call(url)[2]
+        assert view["status"] == "done"
         assert view["result"]["status_code"] == 200
         assert np.allclose(np.array(view["result"]["body"]["outputs"]["y"], dtype=np.float32), rows)
         stored = orch.call_soon(lambda: orch.orchestrator.jobs.jobs[job["id"]])
