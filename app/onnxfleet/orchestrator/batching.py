@@ -190,7 +190,7 @@ class Batcher:
                     read(part, body, part.model.signature, self.spec.max_batch_size, self.max_bytes)
                 except Exception:  # a body the checks did not foresee: it goes alone, never lost
                     part.alone()
-                    log.exception("batching could not read a request; it is sent alone")
+                    log.exception("batching could not read a request; it is sent alone")  # pragma: no mutate
                 if part.mergeable:  # its arrays stay with it: the queue's bytes count them
                     self.dispatcher.holds_more(ex, part.nbytes)
         # an explicit version must be the one this container serves (it answers 404 otherwise)
@@ -207,7 +207,7 @@ class Batcher:
         try:
             return self._gather(head, c, members)
         except Exception:
-            log.exception("batching failed to form a batch; its requests are sent one by one")
+            log.exception("batching failed to form a batch; each request goes alone")  # pragma: no mutate
             for m in members:
                 if m.part is not None:
                     m.part.alone()
@@ -283,7 +283,7 @@ class Batcher:
             try:
                 answers = split(response, ex.parts, [not m.done for m in members], self.model.signature)
             except Exception:  # an answer the codec did not foresee: each member goes alone
-                log.exception("a merged call's answer could not be split")
+                log.exception("a merged call's answer could not be split")  # pragma: no mutate
         if answers is None:
             # refused, failed (a 503 for memory, a 500 for a poison row...) or not splittable:
             # each request again alone, in order, for its own answer from a container
