@@ -387,11 +387,15 @@ def test_a_failure_after_deadline_timers_were_armed_cancels_them(monkeypatch: py
             h.dispatcher.submit(ex)
             members.append(ex)
         monkeypatch.setattr(batching, "Batch", broken)
+        before = h.batcher.status()
         h.answer(0)
         assert h.calls[-1] is members[0]
         assert members[0].timer is None  # (the forwarder arms it when it sends)
+        assert members[0].container is h.running[-1][1]
         assert [h.dispatcher.position(m) for m in members[1:]] == [0, 1]
-        assert h.batcher.status()["rows"] >= 1
+        assert (after := h.batcher.status())["requests"] - before["requests"] == 1
+        assert after["rows"] - before["rows"] == 1
+        assert after["calls"] - before["calls"] == 1
 
     asyncio.run(main())
 
@@ -432,5 +436,43 @@ def test_merged_oip_requests_are_split_with_the_models_signature(caplog: pytest.
         assert h.batcher.status()["resent_singly"] == 0
         assert [json.loads(got[n].body)["outputs"][0]["data"] for n in range(2)] == [[0.0, 0.0], [1.0, 1.0]]
         assert errors_logged(caplog) == []
+
+    asyncio.run(main())
+
+
+def test_status_says_what_the_batcher_does_with_its_settings_rounded() -> None:
+    async def main() -> None:
+        h = Harness()
+        h.batcher.configure(ECHO, BatchingSpec(6, 0.0012345))
+        h.batcher._count(4, None, 5)
+        h.batcher._count(1, None, 1)
+        h.batcher._count(1, None, 1)
+        assert h.batcher.status() == {
+            "enabled": True,
+            "model": "echo",
+            "max_batch_size": 6,
+            "max_delay_ms": 1.234,
+            "mean_batch": 3.71,  # 4, then 3.85, then 3.7075
+            "calls": 3,
+            "requests": 6,
+            "rows": 7,
+            "resent_singly": 0,
+        }
+
+    asyncio.run(main())
+
+
+def test_members_sent_again_alone_are_counted_across_calls() -> None:
+    async def main() -> None:
+        h = Harness(max_batch_size=8)
+        fill_then_queue(h, 2)
+        for _ in range(2):
+            h.answer(0)
+            index = next(i for i, (ex, _) in enumerate(h.running) if isinstance(ex, Batch))
+            h.answer(index, refuse=422)
+            while h.running:
+                h.answer(0)
+            fill_then_queue(h, 2)
+        assert h.batcher.status()["resent_singly"] == 4
 
     asyncio.run(main())

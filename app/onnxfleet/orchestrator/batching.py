@@ -257,8 +257,9 @@ class Batcher:
             ex.sent_at = now
             if ex.deadline is not None:  # each member keeps its own deadline
                 ex.timer = loop.call_later(ex.deadline - now, self.forwarder.deadline_passed, ex)
-        self._count(len(members), None, rows)
-        return Batch(data, members, parts, self.ended)
+        batch = Batch(data, members, parts, self.ended)
+        self._count(len(members), None, rows)  # (once formed: a failure counts its head alone)
+        return batch
 
     def _count(self, requests: int, alone: Exchange | None, rows: int = 0) -> None:
         if alone is not None:
