@@ -63,6 +63,21 @@ options:
     description:
       - The image's name, wildcards allowed (C(debian-12-a*)).
     type: str
+  key_name:
+    description:
+      - The name of the fleet's key pair (O(purpose=present)). It is looked up by name, as
+        C(amazon.aws.ec2_key) finds it, whatever its tags, and compared with O(public_key).
+    type: str
+  public_key:
+    description:
+      - The fleet's SSH public key (one OpenSSH line), which the key pair O(key_name) must hold.
+    type: str
+    default: ""
+  vpc_name:
+    description:
+      - The fleet VPC's C(Name) tag (O(purpose=present)). The VPCs named so, with any tags,
+        are returned as RV(named_vpcs), since C(amazon.aws.ec2_vpc_net) would adopt one of them.
+    type: str
 extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
@@ -129,6 +144,27 @@ images:
   type: list
   elements: dict
   sample: [{"image_id": "ami-0a0b0c0d0e0f00006", "architecture": "x86_64", "creation_date": "2025-06-01"}]
+key_pair:
+  description:
+    - The key pair named O(key_name) with its public key, as C(amazon.aws.ec2_key_info)
+      with C(include_public_key), or an empty dict when there is none.
+  returned: O(purpose=present)
+  type: dict
+  sample: {"key_name": "prod", "key_type": "ed25519", "public_key": "ssh-ed25519 AAAA..."}
+key_pair_matches:
+  description:
+    - Whether the key pair RV(key_pair) holds O(public_key). Compared with the public key EC2
+      returns, or where it returns none, with the fingerprint EC2 gives an imported key (RSA,
+      MD5 of the DER public key or of the key blob; ED25519, base64 SHA-256 of the key blob).
+      C(null) when there is no key pair or no O(public_key).
+  returned: O(purpose=present)
+  type: bool
+named_vpcs:
+  description: The VPCs whose C(Name) tag is O(vpc_name), whatever their other tags.
+  returned: O(purpose=present)
+  type: list
+  elements: dict
+  sample: [{"id": "vpc-0123456789abcdef0", "cidr_block": "10.42.0.0/16", "tags": {"Name": "prod"}}]
 vpcs:
   description: The VPCs O(filters) match, as C(amazon.aws.ec2_vpc_net_info).
   returned: always
@@ -175,7 +211,10 @@ internet_gateways:
   sample: [{"internet_gateway_id": "igw-0123456789abcdef0", "attachments": [{"vpc_id": "vpc-01234567"}]}]
 """
 
+import base64
+import binascii
 import contextlib
+import hashlib
 
 from ansible.module_utils.common.dict_transformations import camel_dict_to_snake_dict
 from ansible_collections.amazon.aws.plugins.module_utils.ec2 import (
@@ -274,6 +313,59 @@ def _images(client, params, architecture):
     return sorted(found, key=lambda image: image.get("creation_date", ""))
 
 
+def _key_blob(line):
+    """(type, decoded blob) of an OpenSSH public key line, or None."""
+    fields = (line or "").split()
+    if len(fields) < 2:
+        return None
+    try:
+        return fields[0], base64.b64decode(fields[1], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _fingerprints(public_key):
+    """The fingerprints EC2 may give a key pair imported from this public key line."""
+    parsed = _key_blob(public_key)
+    if parsed is None:
+        return set()
+    key_type, blob = parsed
+    sha256 = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    found = {sha256}
+
+    def colons(digest):
+        return ":".join(f"{byte:02x}" for byte in digest)
+
+    # (EC2's fingerprint of an imported RSA key, not a security check)
+    found.add(colons(hashlib.md5(blob, usedforsecurity=False).digest()))
+    if key_type == "ssh-rsa":
+        with contextlib.suppress(ImportError, ValueError):
+            from cryptography.hazmat.primitives import serialization
+
+            der = serialization.load_ssh_public_key(public_key.encode()).public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            found.add(colons(hashlib.md5(der, usedforsecurity=False).digest()))
+    return found
+
+
+def key_pair_matches(key_pair, public_key):
+    """Whether the key pair (as EC2 describes it) holds this public key; None if unknown."""
+    if not key_pair or not _key_blob(public_key):
+        return None
+    if key_pair.get("PublicKey"):
+        return _key_blob(key_pair["PublicKey"]) == _key_blob(public_key)
+    return key_pair.get("KeyFingerprint", "").rstrip("=") in _fingerprints(public_key)
+
+
+def _key_pair(client, name):
+    if not name:
+        return None
+    # (a missing key pair is an empty list, not an error)
+    found = describe_key_pairs(client, KeyNames=[name], IncludePublicKey=True)
+    return found[0] if found else None
+
+
 def find_present(client, params, filters):
     """What provisioning looks up before it creates anything."""
     types = params["instance_types"]
@@ -301,7 +393,15 @@ def find_present(client, params, filters):
         )
         for offering in offerings:
             locations.setdefault(offering["InstanceType"], []).append(offering["Location"])
+    key_pair = _key_pair(client, params["key_name"])
+    named_vpcs = []
+    if params["vpc_name"]:
+        named = describe_vpcs(client, Filters=[{"Name": "tag:Name", "Values": [params["vpc_name"]]}])
+        named_vpcs = [_snake(vpc, "VpcId") for vpc in named]
     return {
+        "key_pair": _snake(key_pair) if key_pair else {},
+        "key_pair_matches": key_pair_matches(key_pair, params["public_key"]),
+        "named_vpcs": named_vpcs,
         "instance_types": [camel_dict_to_snake_dict(t) for t in raw_types],
         "architecture": architecture,
         "vpcs": vpcs,
@@ -341,6 +441,9 @@ def main():
             image_id=dict(type="str"),
             image_owner=dict(type="str"),
             image_name=dict(type="str"),
+            key_name=dict(type="str", no_log=False),
+            public_key=dict(type="str", default="", no_log=False),
+            vpc_name=dict(type="str"),
         ),
         supports_check_mode=True,
     )

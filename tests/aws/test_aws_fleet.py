@@ -4,10 +4,11 @@ routing table, scaling 4 -> 6 -> 3, teardown. One provisioning, shared in file o
 from __future__ import annotations
 
 import json
-import sys
+import secrets
+import subprocess
 import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -358,6 +359,28 @@ def test_routing_table_renders_from_the_inventory(
     assert {c["max_concurrency"] for c in table["containers"]} == {1}
 
 
+def test_the_edge_certificate_names_the_public_dns_name_and_address(
+    ec2: Any, first_run: dict[str, Any], ansible: Callable[..., Run], tmp_path: Path
+) -> None:
+    """The edge role's generated certificate covers what clients of an EC2 node type: its
+    public DNS name and its public address (the inventory's aws_ prefix renames EC2's own
+    host variables, which the edge role reads unprefixed)."""
+    dest = tmp_path / "names.json"
+    ansible(
+        "ansible-playbook",
+        "-i",
+        "inventory/aws_ec2.yml",
+        "tests/aws/render_edge_names.yml",
+        "-e",
+        f"names_dest={dest}",
+    ).check()
+    orchestrator = nodes(ec2)["orchestrator"]
+    assert orchestrator["PublicDnsName"], "moto gives the instance a public DNS name"
+    names = json.loads(dest.read_text())
+    assert f"DNS:{orchestrator['PublicDnsName']}" in names
+    assert f"IP:{orchestrator['PublicIpAddress']}" in names
+
+
 def known_hosts(aws_env: dict[str, str]) -> Path:
     return Path(aws_env["XDG_STATE_HOME"]) / "onnxfleet" / FLEET / "known_hosts"
 
@@ -548,17 +571,129 @@ class FakeOrchestratorAdmin:
         return Handler
 
 
+@pytest.fixture
+def orchestrator_node(tmp_path: Path) -> Iterator[Path]:
+    """A local node (the local fleet's node image: Debian, login user admin with sudo) on the
+    host's network, standing in for the orchestrator node of a moto fleet, with the admin
+    token as the orchestrator role leaves it: root's, 0440, a group admin is not in. Ansible
+    reaches it as admin (docker exec -u admin), as it reaches an EC2 node over SSH. Returns
+    an inventory naming it as the fleet's orchestrator."""
+    name = f"aws-orchestrator-{secrets.token_hex(4)}"
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--entrypoint",
+            "sleep",
+            node_image(),
+            "infinity",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    try:
+        subprocess.run(
+            [
+                "docker",
+                "exec",
+                name,
+                "sh",
+                "-c",
+                "install -d -m 0750 /etc/onnxfleet"
+                f" && echo {FakeOrchestratorAdmin.TOKEN} > /etc/onnxfleet/admin-token"
+                " && chmod 0440 /etc/onnxfleet/admin-token",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        denied = subprocess.run(
+            ["docker", "exec", "-u", "admin", name, "cat", "/etc/onnxfleet/admin-token"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert denied.returncode != 0, "admin reads the token"
+        assert "Permission denied" in denied.stderr
+        inventory = tmp_path / "orchestrator.yml"
+        inventory.write_text(
+            json.dumps(
+                {
+                    "all": {
+                        "hosts": {
+                            f"{FLEET}-orchestrator": {
+                                "ansible_connection": "community.docker.docker",
+                                "ansible_host": name,
+                                "ansible_user": "admin",
+                                "ansible_python_interpreter": "/usr/bin/python3",
+                            }
+                        }
+                    }
+                }
+            )
+        )
+        yield inventory
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60, check=False)
+
+
+def node_image() -> str:
+    """The local fleet's node image (the newest built), or built here from its Dockerfile."""
+    found = subprocess.run(
+        [
+            "docker",
+            "image",
+            "ls",
+            "--filter",
+            "reference=onnxfleet-node",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    if found:
+        return found[0]
+    subprocess.run(
+        [
+            "docker",
+            "build",
+            "-q",
+            "-t",
+            "aws-onnxfleet-node:test",
+            "--build-arg",
+            "BASE_IMAGE=onnxfleet/base:bookworm",
+            str(ROOT / "roles" / "local_fleet" / "files" / "node"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    return "aws-onnxfleet-node:test"
+
+
 def test_an_instance_type_change_is_refused_unless_allowed_then_rolled_with_drain(
-    ec2: Any, first_run: dict[str, Any], provision: Callable[..., Run], tmp_path: Path
+    ec2: Any, first_run: dict[str, Any], provision: Callable[..., Run], orchestrator_node: Path
 ) -> None:
     """Allowed, the change rolls one node at a time, workers first: each worker is drained
     in the orchestrator (the answer waited for) while it still runs its old type, changed,
     then put back in service, before the next one is drained; the orchestrator last,
-    without drain (it is the service). The orchestrator node is a fake admin API on
-    loopback, reached with the connection the inventory gives that node (here local: the
-    test's extra inventory), never moto's address for it. Not tested here: SSH to a real
-    orchestrator node (the default connection of those tasks), the real orchestrator's
-    answers (tests/ansible's rollout runs the same node_admin tasks against it)."""
+    without drain (it is the service). The orchestrator node is a local node container on
+    the host's network (the admin API there is a fake one on loopback, never moto's address
+    for the node), reached as its login user, which cannot read the admin token: the drain
+    tasks become root there, as they must on EC2. Not tested here: SSH (the default
+    connection of those tasks), the real orchestrator's answers (tests/ansible's rollout
+    runs the same node_admin tasks against it)."""
     shape = same_shape(ec2)
     before = nodes(ec2)
     run = provision(*shape, "-e", "aws_fleet_worker_instance_type=m7i.large")
@@ -569,32 +704,13 @@ def test_an_instance_type_change_is_refused_unless_allowed_then_rolled_with_drai
         n: ("c7i.large", "running") for n in before
     }, "nothing stopped, nothing changed"
 
-    token = tmp_path / "admin-token"
-    token.write_text(FakeOrchestratorAdmin.TOKEN + "\n")
-    local_orchestrator = tmp_path / "orchestrator.yml"
-    local_orchestrator.write_text(
-        json.dumps(
-            {
-                "all": {
-                    "hosts": {
-                        f"{FLEET}-orchestrator": {
-                            "ansible_connection": "local",
-                            "ansible_python_interpreter": sys.executable,
-                        }
-                    }
-                }
-            }
-        )
-    )
     with FakeOrchestratorAdmin(ec2) as admin:
         resize = [
             *shape,
             "-i",
-            str(local_orchestrator),
+            str(orchestrator_node),
             "-e",
             f"fleet_admin_url=http://127.0.0.1:{admin.port}",
-            "-e",
-            f"fleet_admin_token_file={token}",
             "-e",
             "aws_fleet_worker_instance_type=m7i.large",
             "-e",

@@ -2,7 +2,9 @@
 fleet's whole life, and names nothing the fleet does not do: a moto server that enforces
 IAM (INITIAL_NO_AUTH_ACTION_COUNT), a user holding only that policy, and every step run
 with that user's keys: provision, an allowed instance type change, the inventory,
-teardown."""
+teardown. (moto checks the actions only: it authorizes an EC2 call against the resource
+"*" and with no condition keys, so the policy it holds is the documented one with every
+Resource "*"; test_aws_static.py checks the resources and tag conditions themselves.)"""
 
 from __future__ import annotations
 
@@ -29,6 +31,16 @@ REGION = "us-east-1"
 FLEET = "iamtest"
 # create_user, create_access_key, put_user_policy: the calls moto answers without a policy
 UNAUTHENTICATED_CALLS = 3
+
+
+def as_moto_sees_it() -> dict[str, Any]:
+    """The documented policy, each statement's Resource "*": moto matches an EC2 call's
+    resource as "*", which no ARN pattern matches, and passes no condition values (a
+    condition on a key it is not given holds)."""
+    policy = json.loads(POLICY.read_text())
+    for statement in policy["Statement"]:
+        statement["Resource"] = "*"
+    return policy
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +73,9 @@ def iam_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         )
         iam.create_user(UserName="onnxfleet")
         key = iam.create_access_key(UserName="onnxfleet")["AccessKey"]
-        iam.put_user_policy(UserName="onnxfleet", PolicyName="onnxfleet", PolicyDocument=POLICY.read_text())
+        iam.put_user_policy(
+            UserName="onnxfleet", PolicyName="onnxfleet", PolicyDocument=json.dumps(as_moto_sees_it())
+        )
         env.update(
             AWS_URL=url,
             AWS_REGION=REGION,

@@ -48,7 +48,20 @@ def bad_requests() -> list[tuple[str, bytes, dict[str, str]]]:
         ),
         ("/v2/models/digits/versions/0/infer", json.dumps(oip_json).encode(), {}),
         ("/v2/models/other/infer", json.dumps(oip_json).encode(), {}),
+        # a header line over gunicorn's limit: 431 alone, so never merged (issue 17)
+        ("/run_model", json.dumps({"inputs": [image]}).encode(), {"X-Padding": "p" * 9000}),
+        # data nested 1,000 deep (2 KB): 400 naming the limit, and no request lost (issue 17)
+        ("/v2/models/digits/infer", DEEP, {}),
     ]
+
+
+DEEP = (
+    b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": '
+    + b"[" * 1000
+    + b"1.0"
+    + b"]" * 1000
+    + b"}]}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +153,31 @@ def test_batched_answers_are_what_each_request_alone_gets(
         alone = post(workers[container].url, *request)
         assert answer.comparable() == alone.comparable(), request[0]
     assert refused_for_being_busy(workers) == 0, "a worker was sent more than its one slot"
+
+
+def test_requests_a_worker_refuses_for_their_head_or_depth_get_that_answer_among_others(
+    fleet: tuple[Service, dict[str, Service]],
+) -> None:
+    orch, workers = fleet
+    good = [client_request("run_model", IMAGES[i : i + 1], f"g{i}") for i in range(10)]
+    long, deep = bad_requests()[-2:]
+    wire = [*good[:4], long, *good[4:7], deep, *good[7:]]
+    for _ in range(3):  # (each round: a queue behind the two one-slot workers)
+        barrier = threading.Barrier(len(wire))
+
+        def send(request: tuple[str, bytes, dict[str, str]], barrier: threading.Barrier = barrier) -> Answer:
+            barrier.wait(10)
+            return post(orch.url, *request)
+
+        with ThreadPoolExecutor(len(wire)) as pool:
+            answers = list(pool.map(send, wire))
+        assert answers[4].status == 431, answers[4].body
+        assert answers[8].status == 400, answers[8].body
+        assert b"nested more than 64 levels deep" in answers[8].body
+        for request, answer in zip(wire, answers, strict=True):
+            container = answer.header("X-Container")
+            assert container in workers, (answer.status, answer.body[:200])
+            assert answer.comparable() == post(workers[container].url, *request).comparable()
 
 
 def test_requests_were_merged_and_none_was_sent_again(fleet: tuple[Service, dict[str, Service]]) -> None:

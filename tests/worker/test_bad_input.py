@@ -33,6 +33,7 @@ def v2(extra: dict | None = None, **tensor: object) -> bytes:
 
 
 RUN, V2 = "/run_model", "/v2/models/digits/infer"
+DEEP = v2(data=[0]).replace(b"[0]", b"[" * 1000 + b"1" + b"]" * 1000)  # 2 KB
 # (case id, path, body, status, words the detail must contain)
 BODY_CASES = [
     ("truncated JSON", RUN, b'{"inputs": [[1, 2', 400, "not valid JSON"),
@@ -73,6 +74,8 @@ BODY_CASES = [
     ("v2 unknown output", V2, v2({"outputs": [{"name": "x"}]}), 422, "unknown output(s) ['x']"),
     ("v2 outputs not a list", V2, v2({"outputs": "label"}), 422, '"outputs" must be a list'),
     ("v2 id not a string", V2, v2({"id": 5}), 422, '"id" must be a string'),
+    # 2 KB within orjson's depth limit: it used to reach Python's recursion limit (500)
+    ("v2 data nested 1,000 deep", V2, DEEP, 400, "nested more than 64 levels deep"),
 ]  # fmt: skip
 
 

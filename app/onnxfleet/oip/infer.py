@@ -22,6 +22,7 @@ from onnxfleet.oip.datatypes import datatype_of
 from onnxfleet.oip.errors import CodecError, InvalidInput
 from onnxfleet.oip.jsonio import dumps, loads
 from onnxfleet.oip.tensors import (
+    MAX_DEPTH,
     Signature,
     check_datatype,
     check_finite,
@@ -319,7 +320,9 @@ def decode_response(body: bytes, header_length_value: str | None = None) -> Infe
     )
 
 
-def _nan_for_null(data: Any) -> Any:
+def _nan_for_null(data: Any, depth: int = 0) -> Any:
     if type(data) is list:
-        return [_nan_for_null(item) for item in data]
+        if depth >= MAX_DEPTH:
+            raise CodecError(f"an output's data is nested more than {MAX_DEPTH} levels deep")
+        return [_nan_for_null(item, depth + 1) for item in data]
     return math.nan if data is None else data

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from onnxfleet.oip.datatypes import DATATYPES, DTYPES, datatype_of
-from onnxfleet.oip.errors import InvalidInput
+from onnxfleet.oip.errors import CodecError, InvalidInput
 
 # JSON's names for what a JSON parser produces, for error messages.
 _JSON_NAMES = {
@@ -27,6 +27,9 @@ _JSON_NAMES = {
     int: "number",
     float: "number",
 }
+# how deeply a tensor's JSON array may nest: numpy's own limit on dimensions. Checked before
+# walking it, so that no body reaches Python's recursion limit (a 2 KB body nests 1,000 deep).
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ def check_shape_value(name: str, shape: Any) -> tuple[int, ...]:
 def nested_shape(value: Any) -> tuple[int, ...]:
     """The shape a nested list claims through its first elements (checked by ``flatten``)."""
     shape: list[int] = []
-    while type(value) is list:
+    while type(value) is list and len(shape) <= MAX_DEPTH:  # (deeper: flatten refuses it)
         shape.append(len(value))
         if not value:
             break
@@ -160,6 +163,11 @@ def flatten(value: Any, shape: Sequence[int], name: str) -> list[Any]:
     level has the length ``shape`` says (the leaves' types are checked by ``to_array``)."""
     if not shape:
         return [value]
+    if len(shape) > MAX_DEPTH:
+        raise CodecError(
+            f"input {name!r}: its data is nested more than {MAX_DEPTH} levels deep (arrays in "
+            f"arrays); at most {MAX_DEPTH} are accepted"
+        )
     out: list[Any] = []
     _collect(value, shape, 0, (), name=name, out=out)
     return out

@@ -11,15 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxfleet.oip import jsonio
 from onnxfleet.orchestrator.admin import Admin
 from onnxfleet.orchestrator.batching import BatchCollector, Batcher
 from onnxfleet.orchestrator.dispatcher import Dispatcher
-from onnxfleet.orchestrator.errors import BadRequest, HTTPError, NotFound, ShuttingDown, Unauthorized
+from onnxfleet.orchestrator.errors import (
+    JSON_TYPE,
+    BadRequest,
+    HTTPError,
+    NotFound,
+    ShuttingDown,
+    Unauthorized,
+)
 from onnxfleet.orchestrator.exchange import Exchange, Forwarder
 from onnxfleet.orchestrator.forward import request_bytes, response_headers
 from onnxfleet.orchestrator.health import HealthChecker
 from onnxfleet.orchestrator.history import History
-from onnxfleet.orchestrator.jobs import Job, JobStore, result_body
+from onnxfleet.orchestrator.jobs import Job, JobStore, Refused, result_json, with_field
 from onnxfleet.orchestrator.metrics import Metrics
 from onnxfleet.orchestrator.observe import Observe
 from onnxfleet.orchestrator.roster import Roster
@@ -48,6 +56,7 @@ class Settings:
     retries: int = 2
     job_ttl_s: float = 300.0
     max_jobs: int = 1000
+    max_job_bytes: int = 256 * 1024 * 1024
     max_body_bytes: int = 8 * 1024 * 1024
     max_queue_bytes: int = 64 * 1024 * 1024
     health_defaults: HealthSpec = field(default_factory=HealthSpec)
@@ -92,7 +101,9 @@ class Orchestrator:
         self.metrics = Metrics(self.dispatcher, self.forwarder)
         self.batcher = Batcher(self.dispatcher, self.forwarder, settings.max_body_bytes)
         self.metrics.registry.register(BatchCollector(self.batcher))
-        self.jobs = JobStore(settings.job_ttl_s, settings.max_jobs)
+        self.jobs = JobStore(
+            settings.job_ttl_s, settings.max_jobs, settings.max_job_bytes, self.dispatcher.retry_after
+        )
         self.history = History(lambda: len(self.dispatcher.queue))
         self.drains = DrainState(settings.state_dir)
         self.lease = Lease(settings.state_dir) if settings.state_dir is not None else None
@@ -258,13 +269,17 @@ class Orchestrator:
 
     def _job_guard(self, request: Request) -> None:
         self._infer_guard(request)
-        if self.jobs.full():
+        self._job_room(request, 0)
+
+    def _job_room(self, request: Request, size: int) -> None:
+        """429 ``too_many_jobs`` unless the store has room for the caller's job."""
+        caller: Caller = request.state
+        try:
+            self.jobs.check(caller.who[2], size)
+        except Refused as refused:
             raise HTTPError(
-                f"{self.jobs.max_jobs} jobs are stored (--max-jobs): retry later",
-                status=429,
-                code="too_many_jobs",
-                retry_after=1,
-            )
+                refused.message, status=429, code="too_many_jobs", retry_after=refused.retry_after
+            ) from None
 
     # -- outcomes: one path for direct answers and jobs -----------------------------------------
     def answer(self, ex: Exchange, method: str, path: str, who: tuple[str | None, ...]) -> Reply:
@@ -322,9 +337,7 @@ class Orchestrator:
         ex = Exchange(data, caller.deadline, done)
         if self.dispatcher.batcher is not None:
             ex.part = self.batcher.part(request)
-        # one copy of the body until the answer, the exchange's (the connection's budget
-        # counts it until then; docs/orchestrator.md "Memory bound")
-        request.body = b""
+        request.body = b""  # its bytes are in the exchange's: the queue holds them once
         try:
             self.dispatcher.submit(ex)
         except HTTPError as exc:
@@ -338,20 +351,18 @@ class Orchestrator:
         request.on_abort = client_left
 
     def submit_job(self, request: Request) -> Reply:
-        job = Job()
         caller: Caller = request.state  # the job outlives the request: keep none of its bytes
-        ex = Exchange(
-            request_bytes("POST", b"/run_model", request.headers, request.body),
-            caller.deadline,
-            lambda ex: self._job_done(job, ex, caller.who),
-        )
+        data = request_bytes("POST", b"/run_model", request.headers, request.body)
+        self._job_room(request, len(data))
+        job = Job(owner=caller.who[2])
+        ex = Exchange(data, caller.deadline, lambda ex: self._job_done(job, ex, caller.who))
         if self.dispatcher.batcher is not None:
             ex.part = self.batcher.part(request, job=True)
         self.dispatcher.submit(ex)  # refusals (queue full, no container) are the answer
         job.exchange = ex
         position = self.dispatcher.position(ex)
         job.status = "running" if position is None else "queued"
-        self.jobs.add(job)
+        self.jobs.add(job, len(data))
         status_url = f"/jobs/{job.id}"
         return json_reply(
             {"id": job.id, "status": job.status, "position": position or 0, "status_url": status_url},
@@ -361,14 +372,27 @@ class Orchestrator:
 
     def _job_done(self, job: Job, ex: Exchange, who: tuple[str | None, ...]) -> None:
         reply = self.answer(ex, "POST", "/jobs", who)
-        result = {
+        meta = {
             "status_code": reply.status,
             "container": ex.container.name if ex.container is not None else None,
             "model_version": ex.response.header("X-Model-Version") if ex.response is not None else None,
             "queue_wait_ms": round(ex.waited * 1000.0, 3),
-            "body": result_body(reply.body, _content_type(reply)),
         }
-        self.jobs.finish(job, "done" if ex.response is not None else "failed", result)
+        result = result_json(meta, reply.body, _content_type(reply))
+        status = "done" if ex.response is not None else "failed"
+        if not self.jobs.fits(job, len(result)):
+            status, too_large = (
+                "failed",
+                HTTPError(
+                    f"the result ({len(result)} bytes) does not fit in the job store "
+                    f"({self.jobs.max_bytes} bytes, --max-job-bytes)",
+                    status=507,
+                    code="result_too_large",
+                ),
+            )
+            meta["status_code"] = too_large.status
+            result = result_json(meta, too_large.body(), "application/json")
+        self.jobs.finish(job, status, result)
 
     def get_job(self, request: Request) -> Reply:
         job = self.jobs.get(request.params["id"])
@@ -381,10 +405,12 @@ class Orchestrator:
                 job.status = view["status"] = "running"
             else:
                 view["position"] = position
-        if job.finished is not None:
-            view["finished"] = job.finished
-            view["result"] = job.result
-        return json_reply(view)
+        if job.finished is None or job.result is None:
+            return json_reply(view)
+        view["finished"] = job.finished
+        # the result as stored: encoded once, when the job ended
+        body = with_field(jsonio.dumps(view), "result", job.result)
+        return Reply(200, body, [(b"Content-Type", JSON_TYPE)])
 
 
 def _content_type(reply: Reply) -> str | None:

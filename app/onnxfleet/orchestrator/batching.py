@@ -54,7 +54,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("onnxfleet.orchestrator")
 
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# bodies read for merging at most: a larger one goes alone, unparsed (parsing megabytes of
+# JSON on the event loop stalls every connection, and merging it would save little)
+MAX_PARSE_BYTES = 64 * 1024
 _ALPHA = 0.05  # weight of the newest call in the mean batch
+
+
+# A merged call carries none of its members' headers, so a request whose head a worker might
+# refuse alone (gunicorn: a header line over 8,190 bytes or more than 100 of them: 431; a
+# request line over 4,094: 414) or that names headers in Connection: (not forwarded) is
+# never merged: sent alone, the container's answer is its answer. Set well inside those.
+MERGE_MAX_HEADER_LINE = 4096
+MERGE_MAX_HEADERS = 64
+MERGE_MAX_URL = 2048
+
+
+def _plain_head(request: Request) -> bool:
+    if len(request.headers) > MERGE_MAX_HEADERS or len(request.url) > MERGE_MAX_URL:
+        return False
+    for name, value in request.headers:
+        if len(name) + len(value) + 2 > MERGE_MAX_HEADER_LINE:
+            return False
+        if name == b"connection" and any(
+            token.strip().lower() not in (b"close", b"keep-alive") for token in value.split(b",")
+        ):
+            return False
+    return True
 
 
 class Batcher:
@@ -116,6 +141,8 @@ class Batcher:
             kind, version, header = INFER, request.params.get("version"), b"inference-header-content-length"
         else:
             return None
+        if not _plain_head(request):
+            return None  # the worker may refuse its head: let it answer (as it would alone)
         values = [value for name, value in request.headers if name == header]
         if len(values) > 1:
             return None  # the worker would see them joined by commas (WSGI): let it answer
@@ -155,21 +182,51 @@ class Batcher:
         if part.model is not self.model and part.model != self.model:  # another table's model
             part.alone()
         elif not part.read:
-            body = bytes(memoryview(ex.data)[len(ex.data) - part.body_size :])
-            read(part, body, part.model.signature, self.spec.max_batch_size, self.max_bytes)
+            if part.body_size > MAX_PARSE_BYTES:
+                part.alone()  # parsing it would cost the loop more than merging saves
+            else:
+                body = bytes(memoryview(ex.data)[len(ex.data) - part.body_size :])
+                try:
+                    read(part, body, part.model.signature, self.spec.max_batch_size, self.max_bytes)
+                except Exception:  # a body the checks did not foresee: it goes alone, never lost
+                    part.alone()
+                    log.exception("batching could not read a request; it is sent alone")  # pragma: no mutate
+                if part.mergeable:  # its arrays stay with it: the queue's bytes count them
+                    self.dispatcher.holds_more(ex, part.nbytes)
         # an explicit version must be the one this container serves (it answers 404 otherwise)
         return part.mergeable and (part.version is None or part.version == c.model_version)
 
     def gather(self, head: Exchange, c: Container) -> Exchange:
         """``head`` (just out of the queue) and the queued requests right behind it that can
-        join it, as one exchange for ``c``: a Batch, or ``head`` itself when it goes alone."""
+        join it, as one exchange for ``c``: a Batch, or ``head`` itself when it goes alone.
+
+        Never raises: on any failure, ``head`` goes alone and the requests already taken
+        from the queue go back to its head, in order (the slot holder and the queue are
+        always served, whatever a body does)."""
+        members = [head]
+        try:
+            return self._gather(head, c, members)
+        except Exception:
+            log.exception("batching failed to form a batch; each request goes alone")  # pragma: no mutate
+            for m in members:
+                if m.part is not None:
+                    m.part.alone()
+                if m.timer is not None:  # a deadline timer armed for the batch
+                    m.timer.cancel()
+                    m.timer = None
+            self.dispatcher.put_back(members[1:])
+            head.container = None
+            self._count(1, head)
+            return head
+
+    def _gather(self, head: Exchange, c: Container, members: list[Exchange]) -> Exchange:
         queue = self.dispatcher.queue
         if not queue or next(iter(queue.values())).part is None or not self._mergeable(head, c):
             self._count(1, head)
             return head
         first = head.part
         assert first is not None
-        members, parts = [head], [first]
+        parts = [first]
         rows, size = first.rows, first.nbytes
         while queue:
             ex = next(iter(queue.values()))
@@ -200,8 +257,9 @@ class Batcher:
             ex.sent_at = now
             if ex.deadline is not None:  # each member keeps its own deadline
                 ex.timer = loop.call_later(ex.deadline - now, self.forwarder.deadline_passed, ex)
-        self._count(len(members), None, rows)
-        return Batch(data, members, parts, self.ended)
+        batch = Batch(data, members, parts, self.ended)
+        self._count(len(members), None, rows)  # (once formed: a failure counts its head alone)
+        return batch
 
     def _count(self, requests: int, alone: Exchange | None, rows: int = 0) -> None:
         if alone is not None:
@@ -223,7 +281,10 @@ class Batcher:
             return
         answers = None
         if response.status == 200 and self.model is not None:
-            answers = split(response, ex.parts, [not m.done for m in members], self.model.signature)
+            try:
+                answers = split(response, ex.parts, [not m.done for m in members], self.model.signature)
+            except Exception:  # an answer the codec did not foresee: each member goes alone
+                log.exception("a merged call's answer could not be split")  # pragma: no mutate
         if answers is None:
             # refused, failed (a 503 for memory, a 500 for a poison row...) or not splittable:
             # each request again alone, in order, for its own answer from a container

@@ -74,6 +74,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max-jobs", type=int, default=1000, help="jobs stored at most (default: %(default)s)"
     )
     parser.add_argument(
+        "--max-job-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="bytes of requests and results the job store holds at most (default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-body-bytes",
         type=int,
         default=8 * 1024 * 1024,
@@ -237,6 +243,7 @@ def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
         "--health-interval",
         "--health-timeout",
         "--max-jobs",
+        "--max-job-bytes",
         "--max-body-bytes",
         "--max-queue-bytes",
         "--max-connections",
@@ -286,6 +293,7 @@ def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
         retries=args.retries,
         job_ttl_s=args.job_ttl,
         max_jobs=args.max_jobs,
+        max_job_bytes=args.max_job_bytes,
         max_body_bytes=args.max_body_bytes,
         max_queue_bytes=args.max_queue_bytes,
         health_defaults=health,

@@ -177,9 +177,20 @@ class Dispatcher:
         if head:
             self.queue.move_to_end(key, last=False)
 
+    def holds_more(self, ex: Exchange, size: int) -> None:
+        """A queued request now holds ``size`` more bytes (batching read its body)."""
+        if ex.key is not None:
+            ex.size += size
+            self.queue_bytes += size
+
     def requeue(self, members: list[Exchange]) -> None:
         """Requests of a batch that must go again (its call reached no container, or they go
         one by one): back at the head of the queue, in their order, whatever its bounds."""
+        self.put_back(members)
+        self.changed()
+
+    def put_back(self, members: list[Exchange]) -> None:
+        """``requeue`` without handing out slots (for a hand-over under way)."""
         for ex in reversed(members):
             if ex.done:
                 continue
@@ -191,7 +202,6 @@ class Dispatcher:
                 self._enqueue(ex, head=True)
             except HTTPError as exc:
                 ex.finish(None, exc)
-        self.changed()
 
     def withdraw(self, ex: Exchange) -> None:
         """The client left: a queued request leaves the queue (one in flight runs on)."""

@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING
 
 from onnxfleet.orchestrator.errors import GatewayTimeout, HTTPError, Unreachable, UpstreamFailed
 from onnxfleet.orchestrator.upstream import (
+    MAX_HEAD_BYTES,
     ClosedBeforeResponse,
     ConnectFailed,
     Connection,
+    HeadTooLarge,
     Response,
     UpstreamError,
     UpstreamTimeout,
@@ -130,6 +132,15 @@ class Batch(Exchange):
         self.parts = parts  # kept here: a member that ends drops its own
         self.attempts = max(m.attempts for m in members)  # re-sends left: the fewest of its members'
         self.ejected = any(m.ejected for m in members)
+
+
+def _broken(c: Container, error: UpstreamError) -> str:
+    if isinstance(error, HeadTooLarge):
+        return (
+            f"{c.name} sent an answer whose head (status line and headers) is larger than "
+            f"{MAX_HEAD_BYTES} bytes"
+        )
+    return f"{c.name} sent a malformed or incomplete answer"
 
 
 class Forwarder:
@@ -250,9 +261,7 @@ class Forwarder:
         elif isinstance(error, UpstreamTimeout):
             ex.finish(None, GatewayTimeout(f"{c.name} gave no answer within {self.upstream_timeout:g}s"))
         else:
-            ex.finish(
-                None, UpstreamFailed(f"{c.name} sent a malformed or incomplete answer", container=c.name)
-            )
+            ex.finish(None, UpstreamFailed(_broken(c, error), container=c.name))
 
     def _resend(self, ex: Exchange, c: Container, reason: str, avoid: bool = False) -> None:
         """Send ``ex`` again (it got no answer byte from ``c``), or give up.

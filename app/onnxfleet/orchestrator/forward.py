@@ -30,6 +30,16 @@ HOP_BY_HOP = frozenset(
 )
 
 
+def _connection_options(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The header names that ``Connection:`` lists: hop-by-hop for this connection only
+    (RFC 9110, 7.6.1), so never forwarded."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(named)
+
+
 def request_bytes(method: str, path: bytes, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
     """The complete HTTP/1.1 request for a container: the client's headers, our framing.
 
@@ -37,10 +47,12 @@ def request_bytes(method: str, path: bytes, headers: Iterable[tuple[bytes, bytes
     client's Host is passed through (as HAProxy does), so the bytes do not depend on the
     container and are built once, before the request even has a slot.
     """
+    headers = list(headers)
+    named = _connection_options(headers)
     parts = [method.encode(), b" ", path, b" HTTP/1.1\r\n"]
     has_host = False
     for name, value in headers:
-        if name in HOP_BY_HOP:
+        if name in HOP_BY_HOP or (named and name in named):
             continue
         has_host = has_host or name == b"host"
         parts += (name, b": ", value, b"\r\n")
@@ -53,4 +65,5 @@ def request_bytes(method: str, path: bytes, headers: Iterable[tuple[bytes, bytes
 
 def response_headers(response: Response) -> Headers:
     """The container's headers that go back to the client."""
-    return [(k, v) for k, v in response.headers if k.lower() not in HOP_BY_HOP]
+    named = _connection_options((k.lower(), v) for k, v in response.headers)
+    return [(k, v) for k, v in response.headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]

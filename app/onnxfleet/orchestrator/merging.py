@@ -82,8 +82,11 @@ class Part:
         return self.state == _MERGEABLE
 
     def alone(self) -> None:
-        """Never merged: sent with its own bytes (refused by the checks, or re-sent singly)."""
+        """Never merged: sent with its own bytes (refused by the checks, or re-sent singly);
+        what was read of it is dropped (memory)."""
         self.state = _ALONE
+        self.inputs = {}
+        self.request = None
 
 
 def _json_type(content_type: bytes | None) -> bool:
@@ -104,6 +107,7 @@ def read(part: Part, body: bytes, signature: Signature, max_rows: int, max_bytes
     """Read ``part``'s request as the worker would; it stays mergeable only when the
     worker would run it as it is and it fits in a call on its own."""
     part.state = _ALONE
+    request = None
     try:
         if part.kind == RUN_MODEL:
             if not _json_type(part.header):
@@ -113,18 +117,19 @@ def read(part: Part, body: bytes, signature: Signature, max_rows: int, max_bytes
             length = part.header.decode("latin-1") if part.header is not None else None
             request = oip.parse_request(body, length, signature)
             signature.check_outputs(request.output_names(signature))
-            part.request, inputs = request, request.inputs
+            inputs = request.inputs
     except CodecError:
         return
     rows = {int(array.shape[0]) for array in inputs.values()}
     if len(rows) != 1:  # inputs that disagree on the batch: the container says what it thinks
         return
     part.rows = rows.pop()
-    part.inputs = inputs
     part.key = tuple(inputs[name].shape[1:] for name in signature.input_names)
     part.nbytes = sum(_wire_size(array) for array in inputs.values())
     if 0 < part.rows <= max_rows and part.nbytes <= max_bytes:
         part.state = _MERGEABLE
+        part.inputs = inputs  # kept only for merging
+        part.request = request
 
 
 def merged_request(model: str, signature: Signature, parts: Sequence[Part]) -> bytes:

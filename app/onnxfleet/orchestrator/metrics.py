@@ -91,7 +91,8 @@ class LeanHistogram:
         total = 0
         for bound, count in zip(self.bounds, self.counts, strict=True):
             total += count
-            metric.add_sample(f"{self.name}_bucket", {"le": floatToGoString(bound)}, total)
+            le: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
+            metric.add_sample(f"{self.name}_bucket", {"le": le}, total)
         metric.add_sample(f"{self.name}_count", {}, total)
         metric.add_sample(f"{self.name}_sum", {}, self.sum)
         metric.add_sample(f"{self.name}_created", {}, self.created)

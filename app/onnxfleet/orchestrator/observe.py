@@ -48,7 +48,12 @@ class Observe:
                 "retries": o.forwarder.retried,
                 "rejected": dict(d.rejected),
             },
-            "jobs": {"stored": len(o.jobs.jobs), "max": o.jobs.max_jobs},
+            "jobs": {
+                "stored": len(o.jobs.jobs),
+                "max": o.jobs.max_jobs,
+                "bytes": o.jobs.bytes,
+                "max_bytes": o.jobs.max_bytes,
+            },
             "request_bodies": None
             if o.body_budget is None
             else {

@@ -17,6 +17,9 @@ from typing import Any
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
+# an answer's status line and headers at most (a worker's are a few hundred bytes): llhttp
+# sets no limit and buffers a header line until it ends
+MAX_HEAD_BYTES = 64 * 1024
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -39,6 +42,10 @@ class UpstreamTimeout(UpstreamError):
 
 class BadResponse(UpstreamError):
     """A malformed answer, or the connection closed in the middle of it."""
+
+
+class HeadTooLarge(BadResponse):
+    """The answer's head (status line and headers) exceeds ``MAX_HEAD_BYTES``."""
 
 
 class Response:
@@ -85,6 +92,7 @@ class Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._answered = False  # an answer byte arrived
+        self._head_bytes = 0  # bytes received before the end of the head (all interim ones too)
         self._status = 0
         self._headers: Headers = []
         self._framed = False  # Content-Length or Transfer-Encoding: the parser finds the end
@@ -107,6 +115,8 @@ class Connection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection is unusable
             return
         self._answered = True
+        if not self._head_done:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade) as exc:
@@ -115,6 +125,10 @@ class Connection(asyncio.Protocol):
                 self._done(None, self._error or BadResponse(f"malformed answer ({exc})"))
                 return
             self._response.keep_alive = False  # bytes after the answer: don't reuse
+        if not self._head_done and self._head_bytes > MAX_HEAD_BYTES and self._response is None:
+            self.close()
+            self._done(None, HeadTooLarge(f"answer head larger than {MAX_HEAD_BYTES} bytes"))
+            return
         response = self._response
         if response is not None:
             if not response.keep_alive:
@@ -149,6 +163,10 @@ class Connection(asyncio.Protocol):
             self._framed = True
 
     def on_headers_complete(self) -> None:
+        if sum(len(name) + len(value) + 4 for name, value in self._headers) > MAX_HEAD_BYTES:
+            # (the head ended in the chunk that crossed the limit: the same answer)
+            self._error = HeadTooLarge(f"answer head larger than {MAX_HEAD_BYTES} bytes")
+            raise self._error
         status = self._parser.get_status_code()
         if not 100 <= status <= 599:
             self._error = BadResponse(f"status {status} is outside 100-599")
