@@ -33,7 +33,7 @@ from onnxfleet.orchestrator.observe import Observe
 from onnxfleet.orchestrator.roster import Roster
 from onnxfleet.orchestrator.router import Router
 from onnxfleet.orchestrator.routes import HealthSpec, RoutingTable
-from onnxfleet.orchestrator.server import Reply, Request, error_reply, json_reply
+from onnxfleet.orchestrator.server import BodyBudget, Reply, Request, error_reply, json_reply
 from onnxfleet.orchestrator.state import DrainState, Lease
 from onnxfleet.orchestrator.tokens import Tokens
 
@@ -110,6 +110,7 @@ class Orchestrator:
         self.admin = Admin(self)
         self.observe = Observe(self)
         self.started = time.time()
+        self.body_budget: BodyBudget | None = None  # the HTTP servers' (set by the service)
         self.tasks: set[asyncio.Task[Any]] = set()
         self._second: asyncio.TimerHandle | None = None
         self.api_router, self.admin_router = self._routes()

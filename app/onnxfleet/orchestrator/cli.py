@@ -98,6 +98,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="open client connections at most (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-connection-bytes",
+        type=int,
+        default=None,
+        help="request body bytes all connections hold at once, beyond 64 KiB each (bodies being "
+        "read, read ahead, or waiting for their answer); more: 503 busy "
+        "(default: 268435456, or --max-body-bytes if larger)",
+    )
+    parser.add_argument(
         "--head-timeout",
         type=float,
         default=10.0,
@@ -247,6 +255,14 @@ def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
         "--health-rise",
     ):
         _positive(name, getattr(args, name[2:].replace("-", "_")))
+    connection_bytes = args.max_connection_bytes
+    if connection_bytes is None:
+        connection_bytes = max(256 * 1024 * 1024, args.max_body_bytes)
+    elif connection_bytes < args.max_body_bytes:  # the largest body allowed would never fit
+        raise ValueError(
+            f"--max-connection-bytes: expected at least --max-body-bytes ({args.max_body_bytes}), "
+            f"got {connection_bytes}"
+        )
     if args.retries < 0:
         raise ValueError(f"--retries: expected a value >= 0, got {args.retries}")
     health = HealthSpec(
@@ -290,6 +306,7 @@ def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
         send_timeout_s=args.send_timeout,
         keep_alive_s=args.keep_alive,
         max_connections=args.max_connections,
+        max_connection_bytes=connection_bytes,
     )
     return settings, limits, files
 

@@ -54,6 +54,13 @@ class Observe:
                 "bytes": o.jobs.bytes,
                 "max_bytes": o.jobs.max_bytes,
             },
+            "request_bodies": None
+            if o.body_budget is None
+            else {
+                "held": o.body_budget.held,
+                "drawn": o.body_budget.used,
+                "max": o.body_budget.capacity,
+            },
             "history": o.history.view(),
             "uptime_s": round(time.time() - o.started, 1),
         }

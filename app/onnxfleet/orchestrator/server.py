@@ -4,7 +4,8 @@ Its own protocol rather than an ASGI server because the orchestrator is one proc
 CPU time per request limits it at short service times, and because it must bound what a
 client can make it hold (docs/orchestrator.md): the request head (size and header count,
 checked before the parser joins header pieces), the body (``Content-Length`` refused
-before reading, chunked bodies when they grow past the limit), the chunked framing
+before reading, chunked bodies when they grow past the limit), the bodies all
+connections hold together (``BodyBudget``: 503 ``busy`` past it), the chunked framing
 (chunk-size lines and trailers, as the head), the answers a client leaves unread (it is
 no longer read while they are above the write buffer's high-water mark, and reset when
 they stay there, or stay unsent after a close, longer than the send timeout), the
@@ -58,6 +59,70 @@ WRITE_HIGH_WATER = 64 * 1024  # unsent answer bytes above which the client is no
 # the kernel's send buffer (it doubles it): fixed, so that a client that does not read
 # fills ours (and is no longer read) after this, not after what autotuning allows (4 MiB)
 SEND_BUFFER = 128 * 1024
+# request body bytes each connection holds without drawing on the shared budget: a small
+# request always fits, however much of the budget others hold (docs/orchestrator.md)
+CONNECTION_ALLOWANCE = 64 * 1024
+
+
+class BodyBudget:
+    """The request body bytes all connections hold at once, beyond their allowances."""
+
+    def __init__(self, capacity: int, allowance: int = CONNECTION_ALLOWANCE) -> None:
+        self.capacity = capacity
+        self.allowance = allowance
+        self.used = 0  # drawn beyond the allowances: at most capacity
+        self.held = 0  # all request body bytes the connections hold
+
+    def ledger(self) -> BodyLedger:
+        return BodyLedger(self)
+
+
+class BodyLedger:
+    """What one connection holds of request bodies (being read, read ahead, or waiting for
+    their answer); the only place the shared budget is drawn on and given back. Each request
+    notes what it holds (``Request.held``).
+
+    A request's bytes are given back once: when it is answered (``release``), else when the
+    connection ends (``close``, which gives back all and takes nothing after).
+    """
+
+    __slots__ = ("budget", "closed", "drawn", "held")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.held = 0  # bytes this connection holds
+        self.drawn = 0  # of them, beyond its allowance: from the shared budget
+        self.closed = False
+
+    def _set(self, held: int) -> bool:
+        budget = self.budget
+        drawn = held - budget.allowance if held > budget.allowance else 0
+        if drawn > self.drawn and budget.used + drawn - self.drawn > budget.capacity:
+            return False
+        budget.used += drawn - self.drawn
+        budget.held += held - self.held
+        self.drawn = drawn
+        self.held = held
+        return True
+
+    def hold(self, msg: Request, size: int) -> bool:
+        """Hold ``size`` bytes in all for ``msg`` (no more than it holds: nothing); False: no room."""
+        more = size - msg.held
+        if more <= 0:
+            return True
+        if self.closed or not self._set(self.held + more):
+            return False
+        msg.held = size
+        return True
+
+    def release(self, msg: Request) -> None:
+        held, msg.held = msg.held, 0
+        if held and not self.closed:
+            self._set(self.held - held)
+
+    def close(self) -> None:
+        self.closed = True
+        self._set(0)
 
 
 @dataclass(frozen=True)
@@ -71,6 +136,7 @@ class Limits:
     linger_s: float = 10.0  # reading and dropping the rest of a refused body
     send_timeout_s: float = 30.0  # unsent answers above the high-water mark, or after a close
     max_connections: int = 1000
+    max_connection_bytes: int = 256 * 1024 * 1024  # request bodies held, all connections (BodyBudget)
 
 
 class Reply:
@@ -96,10 +162,12 @@ def error_reply(exc: HTTPError) -> Reply:
 class Request:
     __slots__ = (
         "body",
+        "busy",
         "conn",
         "early",
         "expect",
         "headers",
+        "held",
         "http10",
         "keep_alive",
         "method",
@@ -134,6 +202,8 @@ class Request:
         self.state: Any = None  # the application's, set by a guard for its handler
         self.early = False  # answered before its body was read
         self.too_large = False
+        self.held = 0  # body bytes held for it in the connections' budget (BodyLedger)
+        self.busy = False  # its body did not fit the connections' budget: 503, dropped
         self.upgrade = False  # CONNECT or Upgrade: refused, then the connection closes
         self.received = False  # the whole request was read
         self.replied = False
@@ -172,6 +242,15 @@ class _HeadTooLarge(Exception):
     pass
 
 
+def _busy() -> HTTPError:
+    return HTTPError(
+        "the orchestrator holds too many request bytes: retry later",
+        status=503,
+        code="busy",
+        retry_after=1,
+    )
+
+
 def _internal() -> HTTPError:
     return HTTPError("the orchestrator failed on this request (see its log)")
 
@@ -202,6 +281,7 @@ class HTTPConnection(asyncio.Protocol):
         self.framing = 0  # bytes of a chunked body that are no body: chunk-size lines, trailers
         self.chunk_seen = False
         self.body_parts: list[bytes] = []
+        self.bodies = server.budget.ledger()
         self.state = _IDLE
         self.deadline = _INF  # loop.time() by which the current state must end (server sweep)
         # by which the client must have read its answers (high-water mark, or closing): every
@@ -235,6 +315,7 @@ class HTTPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.closing = True
+        self.bodies.close()
         if self.feeding is not None:
             self.feeding.cancel()
             self.feeding = None
@@ -419,6 +500,8 @@ class HTTPConnection(asyncio.Protocol):
         msg.upgrade = parser.should_upgrade()
         declared = msg.header(b"content-length")
         self.body_left = int(declared) if declared is not None and declared.isdigit() else 0
+        if 0 < self.body_left <= self.limits.max_body_bytes and not self.bodies.hold(msg, self.body_left):
+            msg.busy = True
         self.state = _BODY
         self._set_deadline(self.limits.body_timeout_s)
         if self.active is not None or self.pending or self.write_paused:
@@ -433,16 +516,20 @@ class HTTPConnection(asyncio.Protocol):
         assert msg is not None
         self.body_read += len(body)
         self.body_left -= len(body)
-        if msg.early or msg.too_large:
+        if msg.early or msg.too_large or msg.busy:
             return  # refused: dropped
         self.body_size += len(body)
         if self.body_size > self.limits.max_body_bytes:
             msg.too_large = True
-            self.body_parts = []
-            if msg is self.active:
-                self._early(msg, PayloadTooLarge(self.limits.max_body_bytes))
+        elif self.body_size > msg.held and not self.bodies.hold(msg, self.body_size):  # chunked
+            msg.busy = True
+        else:
+            self.body_parts.append(body)
             return
-        self.body_parts.append(body)
+        self.body_parts = []
+        self.bodies.release(msg)
+        if msg is self.active:
+            self._early(msg, PayloadTooLarge(self.limits.max_body_bytes) if msg.too_large else _busy())
 
     def on_message_complete(self) -> None:
         msg = self.msg
@@ -479,6 +566,8 @@ class HTTPConnection(asyncio.Protocol):
             declared = msg.header(b"content-length")
             if declared is not None and int(declared) > self.limits.max_body_bytes:
                 raise PayloadTooLarge(self.limits.max_body_bytes)
+            if msg.busy:
+                raise _busy()
         except HTTPError as exc:
             self._early(msg, exc)
             return
@@ -518,6 +607,8 @@ class HTTPConnection(asyncio.Protocol):
         if msg.replied or msg is not self.active or transport is None or transport.is_closing():
             return
         msg.replied = True
+        if msg.held:
+            self.bodies.release(msg)  # what is still held after the answer, the queue counts
         msg.on_abort = None  # nothing to abort anymore (and no reference cycle through it)
         keep = msg.keep_alive and not reply.close and not self.closing and not self.server.closing
         head = [_STATUS_LINES.get(reply.status) or b"HTTP/1.1 %d \r\n" % reply.status]
@@ -594,6 +685,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def _stop_reading(self) -> None:
         self.closing = True
+        for msg in self.pending:
+            self.bodies.release(msg)
         self.pending.clear()
         self.pending_bytes = 0
         self._update_reading()
@@ -613,6 +706,7 @@ class HTTPConnection(asyncio.Protocol):
         else:
             last.keep_alive = False
         if self.msg is not None and self.msg is not last:  # a request cut short: never answered
+            self.bodies.release(self.msg)
             self.msg = None
             self.state = _WAIT
             self._set_deadline(None)
@@ -697,11 +791,19 @@ def _upgrade_refused(msg: Request) -> HTTPError:
 class HTTPServer:
     """The listeners' shared state: the application, the limits, the open connections."""
 
-    def __init__(self, app: App, limits: Limits, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        limits: Limits,
+        loop: asyncio.AbstractEventLoop | None = None,
+        budget: BodyBudget | None = None,
+    ) -> None:
         self.app = app
         self.limits = limits
         self.loop = loop or asyncio.get_running_loop()
         self.connections: set[HTTPConnection] = set()
+        # one for the process: the API and admin listeners share it
+        self.budget = budget or BodyBudget(limits.max_connection_bytes)
         self.servers: list[asyncio.AbstractServer] = []
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None

@@ -10,7 +10,7 @@ from typing import Any
 
 from onnxfleet.orchestrator.app import Orchestrator, Settings
 from onnxfleet.orchestrator.routes import RoutingTable
-from onnxfleet.orchestrator.server import HTTPServer, Limits
+from onnxfleet.orchestrator.server import BodyBudget, HTTPServer, Limits
 from onnxfleet.orchestrator.tokens import Tokens
 
 log = logging.getLogger("onnxfleet.orchestrator")
@@ -31,11 +31,12 @@ class Service:
         """Serve the API on the ``api`` sockets and the admin API on the ``admin`` ones."""
         orchestrator = self.orchestrator = Orchestrator(self.settings, self.table, self.tokens)
         await orchestrator.start()
-        server = HTTPServer(orchestrator.api_router, self.limits)
+        budget = orchestrator.body_budget = BodyBudget(self.limits.max_connection_bytes)
+        server = HTTPServer(orchestrator.api_router, self.limits, budget=budget)
         await server.listen(api)
         self.servers.append(server)
         if orchestrator.admin_router is not orchestrator.api_router:
-            server = HTTPServer(orchestrator.admin_router, self.limits)
+            server = HTTPServer(orchestrator.admin_router, self.limits, budget=budget)
             await server.listen(admin)
             self.servers.append(server)
         log.info("orchestrator started", extra={"containers": len(self.table.containers)})
