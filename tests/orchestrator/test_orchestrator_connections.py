@@ -197,9 +197,10 @@ def test_item5_clients_that_pipeline_and_never_read_are_bounded(sim: SimFleet, t
         assert peak["fds"] <= fds_before + cap + 1, peak
         grown = peak["rss"] - rss_before
         assert grown < 48 * 1024, f"{grown} KiB held for clients that do not read"
-        # and then they are reset, at the send timeout
+        # and then they are reset, at the send timeout (2 s; the bound leaves room for a
+        # loaded machine: main never resets them at all)
         wait_for(
-            lambda: open_fds(pid) <= fds_before + 1, timeout=4, what="the never-reading connections reset"
+            lambda: open_fds(pid) <= fds_before + 1, timeout=15, what="the never-reading connections reset"
         )
         assert "CLOSE_WAIT" not in server_sockets(orch.port)
         for sock in hogs:
