@@ -394,8 +394,10 @@ def test_a_mix_of_attacks_stalls_nobody_loses_nothing_and_stays_bounded(
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
+    """The real CLI; the timeout is generous (a refusal exits at once: 1.5 s here, but a CI
+    run at load 22 took over 20 s to start and refuse; one that serves instead never exits)."""
     return subprocess.run(
         [sys.executable, "-m", "onnxfleet", "orchestrator", *args],
         capture_output=True,
