@@ -1,4 +1,5 @@
-"""What the orchestrator forwards, byte for byte: the request to a container, the headers back."""
+"""What the orchestrator forwards, byte for byte: the request to a container, the headers back
+(the Host default and the basic framing are in test_exchange_unit.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,6 @@ def test_the_request_keeps_the_clients_headers_and_frames_the_body_itself() -> N
         b"host: fleet.example\r\ncontent-type: application/json\r\nx-a: 1\r\n"
         b"Content-Length: 8\r\n\r\n"
         b'{"x": 1}'
-    )
-
-
-def test_a_request_without_host_gets_one() -> None:
-    assert request_bytes("GET", b"/v2", [(b"x-a", b"1")], b"") == (
-        b"GET /v2 HTTP/1.1\r\nx-a: 1\r\nHost: onnxfleet\r\nContent-Length: 0\r\n\r\n"
     )
 
 
