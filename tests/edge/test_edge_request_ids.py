@@ -12,8 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
+import requests
 
-from tests.edge.edge_support import FrontDoor
+from tests.edge.edge_support import CLIENT_TOKEN, FrontDoor
 from tests.edge.pki import Pki
 from tests.orchestrator.orch_support import SimFleet, routes, wait_for
 from tests.support import Service
@@ -163,3 +164,22 @@ def test_traceparent_and_the_id_reach_the_container_unchanged(pki: Pki, sim_flee
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("sent", [None, "two words", "ok-1"])
+def test_the_orchestrator_applies_the_same_rule_to_a_direct_caller(
+    front: FrontDoor, digits: Service, sent: str | None
+) -> None:
+    """Behind no edge (or a misconfigured one) the orchestrator still makes or checks the id."""
+    headers = {"Authorization": f"Bearer {CLIENT_TOKEN}", "Content-Type": "application/json"}
+    if sent is not None:
+        headers["X-Request-Id"] = sent
+    response = requests.post(front.blue.url + "/run_model", data=BODY, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    request_id = response.headers["X-Request-Id"]
+    if sent == "ok-1":
+        assert request_id == sent
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id
+    found = wait_for(lambda: hops(front, digits, request_id), timeout=10, what="the log lines")
+    assert [len(found["orchestrator"]), len(found["worker"]), len(found["edge"])] == [1, 1, 0]
