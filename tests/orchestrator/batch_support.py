@@ -24,6 +24,7 @@ NOT_COMPARED = {
     "content-length",
     "x-queue-wait-ms",
     "x-container",
+    "x-request-id",  # the orchestrator sets its own (it is checked where it is the subject)
 }
 
 

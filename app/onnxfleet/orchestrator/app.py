@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxfleet.oip import jsonio
+from onnxfleet.orchestrator import requestid
 from onnxfleet.orchestrator.admin import Admin
 from onnxfleet.orchestrator.batching import BatchCollector, Batcher
 from onnxfleet.orchestrator.dispatcher import Dispatcher
@@ -66,11 +67,12 @@ class Settings:
 class Caller:
     """What the head of a request said about its caller (set by the guards)."""
 
-    __slots__ = ("deadline", "who")
+    __slots__ = ("deadline", "request_id", "who")
 
-    def __init__(self, deadline: float | None, who: tuple[str | None, ...]) -> None:
+    def __init__(self, deadline: float | None, who: tuple[str | None, ...], request_id: bytes) -> None:
         self.deadline = deadline
         self.who = who  # (peer address, X-Forwarded-For, token name): for the access log
+        self.request_id = request_id  # in the access log, the container's request, the answer
 
 
 def _deadline(request: Request) -> float | None:
@@ -265,7 +267,8 @@ class Orchestrator:
         name = self._caller(request)
         forwarded = request.header(b"x-forwarded-for")
         who = (request.remote, forwarded.decode("latin-1") if forwarded is not None else None, name)
-        request.state = Caller(_deadline(request), who)
+        request_id, request.headers = requestid.assign(request.headers)
+        request.state = Caller(_deadline(request), who, request_id)
 
     def _job_guard(self, request: Request) -> None:
         self._infer_guard(request)
@@ -282,8 +285,9 @@ class Orchestrator:
             ) from None
 
     # -- outcomes: one path for direct answers and jobs -----------------------------------------
-    def answer(self, ex: Exchange, method: str, path: str, who: tuple[str | None, ...]) -> Reply:
+    def answer(self, ex: Exchange, method: str, path: str, caller: Caller) -> Reply:
         """The reply for a finished exchange, counted in the metrics and the access log."""
+        who = caller.who
         container = ex.container.name if ex.container is not None else None
         wait_ms = b"%.3f" % (ex.waited * 1000.0)
         response = ex.response
@@ -292,6 +296,7 @@ class Orchestrator:
             headers = response_headers(response)
             headers.append((b"X-Container", (container or "").encode()))
             headers.append((b"X-Queue-Wait-Ms", wait_ms))
+            headers.append((b"X-Request-Id", caller.request_id))
             reply = Reply(response.status, response.body, headers)
         else:
             error = ex.error or HTTPError("the request ended without an answer")
@@ -299,6 +304,7 @@ class Orchestrator:
             if container is not None:
                 reply.headers.append((b"X-Container", container.encode()))
             reply.headers.append((b"X-Queue-Wait-Ms", wait_ms))
+            reply.headers.append((b"X-Request-Id", caller.request_id))
         elapsed = time.monotonic() - ex.arrived
         self.metrics.answered(reply.status, elapsed)
         self.history.answered(reply.status, elapsed)
@@ -309,6 +315,8 @@ class Orchestrator:
                 path,
                 reply.status,
                 extra={
+                    "request_id": caller.request_id.decode("ascii"),
+                    "method": method,
                     "status": reply.status,
                     "path": path,
                     "container": container,
@@ -329,7 +337,7 @@ class Orchestrator:
         caller: Caller = request.state
 
         def done(ex: Exchange) -> None:
-            request.respond(self.answer(ex, request.method, request.path, caller.who))
+            request.respond(self.answer(ex, request.method, request.path, caller))
 
         # a HEAD is sent as a GET: the server drops the body (the client parser could not)
         method = "GET" if request.method == "HEAD" else request.method
@@ -355,7 +363,7 @@ class Orchestrator:
         data = request_bytes("POST", b"/run_model", request.headers, request.body)
         self._job_room(request, len(data))
         job = Job(owner=caller.who[2])
-        ex = Exchange(data, caller.deadline, lambda ex: self._job_done(job, ex, caller.who))
+        ex = Exchange(data, caller.deadline, lambda ex: self._job_done(job, ex, caller))
         if self.dispatcher.batcher is not None:
             ex.part = self.batcher.part(request, job=True)
         self.dispatcher.submit(ex)  # refusals (queue full, no container) are the answer
@@ -367,11 +375,11 @@ class Orchestrator:
         return json_reply(
             {"id": job.id, "status": job.status, "position": position or 0, "status_url": status_url},
             status=202,
-            headers=[(b"Location", status_url.encode())],
+            headers=[(b"Location", status_url.encode()), (b"X-Request-Id", caller.request_id)],
         )
 
-    def _job_done(self, job: Job, ex: Exchange, who: tuple[str | None, ...]) -> None:
-        reply = self.answer(ex, "POST", "/jobs", who)
+    def _job_done(self, job: Job, ex: Exchange, caller: Caller) -> None:
+        reply = self.answer(ex, "POST", "/jobs", caller)
         meta = {
             "status_code": reply.status,
             "container": ex.container.name if ex.container is not None else None,

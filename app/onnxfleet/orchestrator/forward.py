@@ -30,6 +30,11 @@ HOP_BY_HOP = frozenset(
 )
 
 
+# The request's id goes back as the orchestrator set it (the container's echo is dropped: a
+# merged call's container saw the members' ids joined, each member's answer gets its own).
+NOT_RETURNED = HOP_BY_HOP | {b"x-request-id"}
+
+
 def _connection_options(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """The header names that ``Connection:`` lists: hop-by-hop for this connection only
     (RFC 9110, 7.6.1), so never forwarded."""
@@ -66,4 +71,4 @@ def request_bytes(method: str, path: bytes, headers: Iterable[tuple[bytes, bytes
 def response_headers(response: Response) -> Headers:
     """The container's headers that go back to the client."""
     named = _connection_options((k.lower(), v) for k, v in response.headers)
-    return [(k, v) for k, v in response.headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+    return [(k, v) for k, v in response.headers if k.lower() not in NOT_RETURNED and k.lower() not in named]
