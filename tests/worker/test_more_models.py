@@ -21,6 +21,7 @@ import pytest
 import requests
 import tritonclient.http as triton
 
+from tests.orchestrator.orch_support import call, orchestrator, routes
 from tests.support import ROOT, Service
 from tests.support_models import failing_iris, slow_iris
 from tests.worker.worker_support import worker
@@ -266,3 +267,21 @@ def test_slow_iris_answers_like_iris_five_times_slower(tmp_path: Path) -> None:
             slow_seconds += latencies(slow.url, body, 3)
     fast_ms, slow_ms = statistics.median(fast_seconds) * 1000, statistics.median(slow_seconds) * 1000
     assert slow_ms >= 5 * fast_ms, f"median slow {slow_ms:.2f} ms, fast {fast_ms:.2f} ms"
+
+
+def test_canary_variants_through_a_real_orchestrator(tmp_path: Path) -> None:
+    """What a canary judge counts as an error (status >= 500 or no answer) from each variant,
+    behind a real orchestrator (version-1 routing table): the failing iris's 422 passes
+    through as a 422 (not an error); the slow iris past a short ``--upstream-timeout`` is a
+    504 ``upstream_timeout`` (an error): 10 ms, when even on an idle machine it takes 25."""
+    card = card_of("iris")
+    body = {"inputs": card["example"]["inputs"]}
+    failing, slow = failing_iris(tmp_path, "3"), slow_iris(tmp_path, "4")
+    args = ["--intra-op-threads", "1"]
+    with worker(failing, *args, container="n1/0") as bad, worker(slow, *args, container="n2/0") as late:
+        cases = ((bad, "30", 422, "inference_failed"), (late, "0.01", 504, "upstream_timeout"))
+        for service, timeout, expected, code in cases:
+            table = routes(tmp_path / f"{service.port}.json", [("n/0", service.url, "n")])
+            with orchestrator(table, "--upstream-timeout", timeout, "--retries", "0") as orch:
+                got, _, answer = call(orch.url + "/run_model", "POST", body, timeout=30)
+                assert (got, answer["code"]) == (expected, code), answer
