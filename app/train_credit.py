@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -69,7 +70,7 @@ def applicants() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return features, region.reshape(-1, 1).astype(np.int64), (risk > DEFAULT_ABOVE).astype(np.int64)
 
 
-def train() -> tuple[RandomForestClassifier, dict]:
+def train() -> tuple[RandomForestClassifier, dict[str, Any]]:
     features, region, defaulted = applicants()
     columns = np.concatenate([features, region.astype(np.float32)], axis=1)
     indices = np.arange(SAMPLES)
@@ -144,10 +145,11 @@ def export(forest: RandomForestClassifier) -> bytes:
     graph.doc_string = ""
     model.model_version = int(VERSION)
     onnx.checker.check_model(model, full_check=True)
-    return model.SerializeToString(deterministic=True)
+    data: bytes = model.SerializeToString(deterministic=True)
+    return data
 
 
-def card(onnx_bytes: bytes, facts: dict) -> dict:
+def card(onnx_bytes: bytes, facts: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": NAME,
         "version": VERSION,

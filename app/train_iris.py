@@ -57,7 +57,7 @@ def split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x_train, x_test, y_train, y_test
 
 
-def train(params: dict[str, Any]) -> tuple[RandomForestClassifier, dict]:
+def train(params: dict[str, Any]) -> tuple[RandomForestClassifier, dict[str, Any]]:
     x_train, x_test, y_train, y_test = split()
     # float32 as the model will see them; the card's example keeps the dataset's own
     # decimals (6.3, not 6.300000190734863), which JSON readers turn into the same float32.
@@ -88,10 +88,13 @@ def export(forest: RandomForestClassifier, version: str) -> bytes:
     model.graph.doc_string = ""
     model.model_version = int(version)
     onnx.checker.check_model(model)
-    return model.SerializeToString(deterministic=True)
+    data: bytes = model.SerializeToString(deterministic=True)
+    return data
 
 
-def card(version: str, stem: str, params: dict[str, Any], onnx_bytes: bytes, facts: dict) -> dict:
+def card(
+    version: str, stem: str, params: dict[str, Any], onnx_bytes: bytes, facts: dict[str, Any]
+) -> dict[str, Any]:
     names = [str(name) for name in load_iris().target_names]
     classes = list(range(len(names)))
     return {
