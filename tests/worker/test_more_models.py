@@ -246,6 +246,7 @@ def latencies(url: str, body: dict, count: int) -> list[float]:
     return seconds
 
 
+@pytest.mark.slow
 def test_slow_iris_answers_like_iris_five_times_slower(tmp_path: Path) -> None:
     """Both workers measured in the same run, requests interleaved so that a busy machine
     slows both alike; the median per request, warm connections, one thread each."""
@@ -269,6 +270,7 @@ def test_slow_iris_answers_like_iris_five_times_slower(tmp_path: Path) -> None:
     assert slow_ms >= 5 * fast_ms, f"median slow {slow_ms:.2f} ms, fast {fast_ms:.2f} ms"
 
 
+@pytest.mark.slow
 def test_canary_variants_through_a_real_orchestrator(tmp_path: Path) -> None:
     """What a canary judge counts as an error (status >= 500 or no answer) from each variant,
     behind a real orchestrator (version-1 routing table): the failing iris's 422 passes
