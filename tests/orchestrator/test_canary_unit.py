@@ -596,3 +596,19 @@ def test_the_view_after_the_verdict_keeps_the_figures_it_was_judged_on() -> None
     later = c.view(T0 + 90)
     assert later["figures"]["baseline"]["requests"] == 0
     assert (later["elapsed_s"], later["decided_after_s"]) == (90.0, 75.0)
+
+
+def test_routing_with_the_time_judges_a_window_that_ended_without_records() -> None:
+    c = Canary(spec(percent=50, window_s=10), T0)
+    assert [c.routes_to_canary(T0 + 9.999) for _ in range(4)] == [False, True, False, True]
+    assert c.verdict(T0 + 9.999) is None
+    assert not any(c.routes_to_canary(T0 + 10) for _ in range(4))  # too few requests: rollback
+    verdict = c.verdict(T0 + 11)
+    assert verdict is not None
+    assert (verdict.decision, verdict.elapsed_s) == ("rollback", 10.0)
+
+
+def test_routing_without_the_time_judges_nothing() -> None:
+    c = Canary(spec(percent=50, window_s=10), T0)
+    assert [c.routes_to_canary() for _ in range(4)] == [False, True, False, True]
+    assert c._verdict is None

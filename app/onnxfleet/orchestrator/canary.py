@@ -32,6 +32,7 @@ One ``Canary`` per model under a rollout. The rules:
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -137,6 +138,7 @@ class LatencyHistogram:
 
     def __init__(self) -> None:
         self.counts: dict[int, int] = {}
+        self.occupied: list[int] = []  # the keys of counts, ascending
         self.count = 0
         self.low = math.inf
         self.high = 0.0
@@ -150,6 +152,8 @@ class LatencyHistogram:
     def add(self, seconds: float) -> None:
         seconds = max(seconds, 0.0)
         i = self.bucket(seconds)
+        if i not in self.counts:
+            bisect.insort(self.occupied, i)
         self.counts[i] = self.counts.get(i, 0) + 1
         self.count += 1
         self.low = min(self.low, seconds)
@@ -160,10 +164,12 @@ class LatencyHistogram:
         if not self.count:
             return None
         rank = (q * self.count + 99) // 100  # ceil(q / 100 * count), in integers
+        above = self.count - rank
         seen = 0
-        for i in sorted(self.counts):
+        # from the top: a p99 is a few buckets down, and this runs on every answer
+        for i in reversed(self.occupied):
             seen += self.counts[i]
-            if seen >= rank:
+            if seen > above:
                 break
         middle: float = self.FLOOR_S * self.GROWTH ** (i + 0.5)
         return min(max(middle, self.low), self.high)
@@ -225,13 +231,22 @@ class Canary:
         self.canary = Side()
         self.baseline = Side()
         self._verdict: Verdict | None = None
+        margin, factor = _exact(spec.max_error_rate_margin), _exact(spec.max_p99_factor)
+        self._margin = margin.numerator, margin.denominator
+        self._factor = factor.numerator, factor.denominator
         share = _exact(spec.percent)
         self._step = share.numerator
         self._full = 100 * share.denominator
         self._sum = 0
 
-    def routes_to_canary(self) -> bool:
-        """Whether one unpinned request goes to the canary version."""
+    def routes_to_canary(self, now: float | None = None) -> bool:
+        """Whether one unpinned request goes to the canary version.
+
+        Given the time, a window that ended without a record since is judged first, so a
+        "too few requests" rollback stops the canary's traffic too.
+        """
+        if now is not None:
+            self.verdict(now)
         if self._verdict is not None and self._verdict.decision == "rollback":
             return False
         self._sum += self._step
@@ -242,7 +257,9 @@ class Canary:
 
     def record(self, version: str, ok: bool, seconds: float, now: float) -> None:
         """One answer (``ok``: see ``answer_ok``) of ``version`` that took ``seconds``."""
-        if self.verdict(now) is not None:
+        if now >= self.ends:
+            self.verdict(now)  # judged on the window's records, without this one
+        if self._verdict is not None:
             return
         side = self.canary if version == self.spec.version else self.baseline
         side.record(version, ok, seconds)
@@ -254,34 +271,50 @@ class Canary:
             self._verdict = self._judge(now)
         return self._verdict
 
-    def _checks(self) -> list[tuple[bool, str]]:
+    def _error_rate_ok(self) -> bool:
+        """canary errors / requests <= baseline errors / requests + margin, in integers."""
+        canary, baseline = self.canary, self.baseline
+        # without baseline requests, the margin alone: a baseline of 0 errors in 1
+        errors, requests = (baseline.errors, baseline.requests) if baseline.requests else (0, 1)
+        m, d = self._margin
+        return canary.errors * requests * d <= (errors * d + m * requests) * canary.requests
+
+    def _p99_ok(self) -> bool:
+        """canary p99 <= factor * baseline p99, exactly; true without baseline requests."""
+        canary_p99, baseline_p99 = self.canary.p99_s(), self.baseline.p99_s()
+        if canary_p99 is None or baseline_p99 is None:
+            return True
+        f, d = self._factor
+        cn, cd = canary_p99.as_integer_ratio()
+        bn, bd = baseline_p99.as_integer_ratio()
+        return cn * d * bd <= f * bn * cd
+
+    def _checks(self, rate_ok: bool, p99_ok: bool) -> list[tuple[bool, str]]:
         """Each check of the canary against the baseline: (passed, what it compared)."""
         spec, canary, baseline = self.spec, self.canary, self.baseline
         margin = _exact(spec.max_error_rate_margin)
-        rate = canary.error_rate()
+        rate = _pct(canary.error_rate())
         if not baseline.requests:
             return [
                 (
-                    rate <= margin,
-                    f"error rate {_pct(rate)} {'<=' if rate <= margin else '>'} {_points(margin)}"
+                    rate_ok,
+                    f"error rate {rate} {'<=' if rate_ok else '>'} {_points(margin)}"
                     " (no baseline requests in the window: judged against the margin alone,"
                     " latency not compared)",
                 )
             ]
-        base = baseline.error_rate()
         canary_p99, baseline_p99 = canary.p99_s(), baseline.p99_s()
         assert canary_p99 is not None  # both sides have requests
         assert baseline_p99 is not None
-        fast = Fraction(canary_p99) <= _exact(spec.max_p99_factor) * Fraction(baseline_p99)
         return [
             (
-                rate <= base + margin,
-                f"error rate {_pct(rate)} {'<=' if rate <= base + margin else '>'}"
-                f" baseline {_pct(base)} + {_points(margin)}",
+                rate_ok,
+                f"error rate {rate} {'<=' if rate_ok else '>'}"
+                f" baseline {_pct(baseline.error_rate())} + {_points(margin)}",
             ),
             (
-                fast,
-                f"p99 {canary_p99 * 1000:.1f} ms {'<=' if fast else '>'} {spec.max_p99_factor:g} x"
+                p99_ok,
+                f"p99 {canary_p99 * 1000:.1f} ms {'<=' if p99_ok else '>'} {spec.max_p99_factor:g} x"
                 f" baseline p99 {baseline_p99 * 1000:.1f} ms",
             ),
         ]
@@ -298,13 +331,14 @@ class Canary:
                 f" at least {spec.min_requests} needed",
                 now,
             )
-        checks = self._checks()
+        rate_ok, p99_ok = self._error_rate_ok(), self._p99_ok()
+        if rate_ok and p99_ok and not over:
+            return None
+        checks = self._checks(rate_ok, p99_ok)
         failed = [text for passed, text in checks if not passed]
         if failed:
             when = "" if over else f" (judged early, after {now - self.started:.1f} s)"
             return self._decide("rollback", "; ".join(failed) + when, now)
-        if not over:
-            return None
         passed = "; ".join(text for _, text in checks)
         return self._decide("promote", f"{passed} ({requests} canary requests)", now)
 
