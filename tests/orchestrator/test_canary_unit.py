@@ -76,7 +76,11 @@ def test_every_field_of_the_body_is_taken_and_the_model_is_allowed() -> None:
     [
         ([], "body: expected a JSON object, got list"),
         ("v2", "body: expected a JSON object, got str"),
-        ({"version": "v2", "precent": 5}, "precent: unknown field (expected some of max_error_rate_margin"),
+        (
+            {"version": "v2", "precent": 5},
+            "precent: unknown field (expected some of max_error_rate_margin, max_p99_factor,"
+            " min_requests, model, percent, version, window_s)$",
+        ),
         ({"version": "v2", "b": 1, "a": 2}, "a: unknown field"),
         ({}, "version: required (the canary version, a string)"),
         ({"percent": 5}, "version: required"),
@@ -315,6 +319,14 @@ def test_a_side_without_requests_has_no_error_rate_and_no_p99() -> None:
     assert Side().figures() == {"requests": 0, "errors": 0, "error_rate": 0.0, "p99_ms": None, "versions": []}
 
 
+def test_a_sides_p99_is_the_99th_percentile_not_the_maximum() -> None:
+    side = Side()
+    for _ in range(99):
+        side.record("v1", True, 0.25)
+    side.record("v1", True, 1.0)
+    assert side.figures()["p99_ms"] == 250.0
+
+
 def test_a_side_counts_requests_errors_and_versions() -> None:
     side = Side()
     side.record("v1", True, 0.25)
@@ -406,7 +418,7 @@ def test_the_error_rate_comparison_is_exact_on_the_decimals_given() -> None:
     feed(c, "v2", 10, errors=8)
     verdict = c.verdict(T0 + 60)
     assert verdict is not None
-    assert verdict.decision == "promote", verdict.reason
+    assert verdict.reason.startswith("error rate 80.0 % <= baseline 70.0 % + 10.0 points; ")
 
 
 def test_a_failing_canary_short_of_the_minimum_is_rolled_back_for_too_few_requests() -> None:
@@ -427,7 +439,10 @@ def test_a_failing_error_rate_is_a_rollback_naming_the_rates_and_the_margin() ->
     verdict = c.verdict(T0 + 2.5)
     assert verdict is not None
     assert verdict.decision == "rollback"
-    assert verdict.reason == "error rate 12.5 % > baseline 0.3 % + 1.0 points (judged early, after 2.5 s)"
+    assert (
+        verdict.reason
+        == "error rate 12.5 % > baseline 0.3 % + 1.0 points (judged after 2.5 s of the 60 s window)"
+    )
     assert verdict.elapsed_s == 2.5
 
 
@@ -440,7 +455,10 @@ def test_the_p99_may_be_the_factor_times_the_baselines_and_no_more(canary_s: flo
     assert verdict is not None
     assert verdict.decision == decision
     if decision == "rollback":
-        assert verdict.reason == "p99 376.0 ms > 1.5 x baseline p99 250.0 ms (judged early, after 10.0 s)"
+        assert (
+            verdict.reason
+            == "p99 376.0 ms > 1.5 x baseline p99 250.0 ms (judged after 10.0 s of the 60 s window)"
+        )
         assert verdict.elapsed_s == 10.0
 
 
@@ -452,7 +470,7 @@ def test_both_failed_checks_are_named() -> None:
     assert verdict is not None
     assert verdict.reason == (
         "error rate 50.0 % > baseline 0.0 % + 1.0 points; p99 500.0 ms > 1.5 x baseline p99 200.0 ms"
-        " (judged early, after 1.0 s)"
+        " (judged after 1.0 s of the 60 s window)"
     )
 
 
@@ -477,7 +495,7 @@ def test_without_baseline_requests_the_error_rate_is_judged_against_the_margin_a
     assert verdict.decision == "rollback"
     assert verdict.reason == (
         "error rate 2.0 % > 1.0 points (no baseline requests in the window: judged against the"
-        " margin alone, latency not compared) (judged early, after 4.0 s)"
+        " margin alone, latency not compared) (judged after 4.0 s of the 60 s window)"
     )
 
 
@@ -521,7 +539,10 @@ def test_the_baselines_record_can_trigger_the_early_rollback() -> None:
     c.record("v1", True, 0.1, T0 + 3)  # baseline now 1 in 11
     verdict = c.verdict(T0 + 3)
     assert verdict is not None
-    assert verdict.reason == "error rate 10.0 % > baseline 9.1 % + 0.0 points (judged early, after 3.0 s)"
+    assert (
+        verdict.reason
+        == "error rate 10.0 % > baseline 9.1 % + 0.0 points (judged after 3.0 s of the 60 s window)"
+    )
     assert verdict.figures["baseline"]["requests"] == 11
 
 

@@ -145,9 +145,8 @@ class LatencyHistogram:
 
     @classmethod
     def bucket(cls, seconds: float) -> int:
-        if seconds <= cls.FLOOR_S:
-            return 0
-        return min(int(math.log(seconds / cls.FLOOR_S) / cls._LOG_GROWTH), cls.BUCKETS - 1)
+        ratio = max(seconds / cls.FLOOR_S, 1.0)  # at or below the floor: bucket 0
+        return min(int(math.log(ratio) / cls._LOG_GROWTH), cls.BUCKETS - 1)
 
     def add(self, seconds: float) -> None:
         seconds = max(seconds, 0.0)
@@ -274,10 +273,13 @@ class Canary:
     def _error_rate_ok(self) -> bool:
         """canary errors / requests <= baseline errors / requests + margin, in integers."""
         canary, baseline = self.canary, self.baseline
-        # without baseline requests, the margin alone: a baseline of 0 errors in 1
-        errors, requests = (baseline.errors, baseline.requests) if baseline.requests else (0, 1)
         m, d = self._margin
-        return canary.errors * requests * d <= (errors * d + m * requests) * canary.requests
+        if not baseline.requests:  # the margin alone
+            return canary.errors * d <= m * canary.requests
+        return (
+            canary.errors * baseline.requests * d
+            <= (baseline.errors * d + m * baseline.requests) * canary.requests
+        )
 
     def _p99_ok(self) -> bool:
         """canary p99 <= factor * baseline p99, exactly; true without baseline requests."""
@@ -337,7 +339,7 @@ class Canary:
         checks = self._checks(rate_ok, p99_ok)
         failed = [text for passed, text in checks if not passed]
         if failed:
-            when = "" if over else f" (judged early, after {now - self.started:.1f} s)"
+            when = f" (judged after {now - self.started:.1f} s of the {spec.window_s:g} s window)"
             return self._decide("rollback", "; ".join(failed) + when, now)
         passed = "; ".join(text for _, text in checks)
         return self._decide("promote", f"{passed} ({requests} canary requests)", now)
