@@ -32,6 +32,7 @@ from tests.ansible.ansible_support import (
 from tests.support import ROOT
 
 SCENARIOS = ("docker_engine", "fleet")
+MOLECULE_TIMEOUT_S = 1700  # each scenario's bound, from the session's first test
 
 
 class MoleculeRuns:
@@ -55,7 +56,7 @@ class MoleculeRuns:
             proc = subprocess.Popen(args, cwd=ROOT, env=ansible_env(), stdout=out, stderr=err, text=True)
             self.started[scenario] = (args, proc, out, err)
 
-    def finish(self, timeout: float = 1700) -> dict[str, subprocess.CompletedProcess[str]]:
+    def finish(self, timeout: float = MOLECULE_TIMEOUT_S) -> dict[str, subprocess.CompletedProcess[str]]:
         """{scenario: the finished process, its output captured}."""
         finished = {}
         for scenario, (args, proc, out, err) in self.started.items():
@@ -82,8 +83,15 @@ def needs_molecule(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests on real fleets last: the rest of the tier runs while they converge."""
+    """The tests on real fleets last: the rest of the tier runs while they converge.
+
+    The first of them waits for the scenarios (``MoleculeRuns.finish``, up to its own
+    bound): pytest-timeout's per-test default must not cut that wait short on a slow
+    machine, where the quick tests end long before the fleet is up."""
     items.sort(key=needs_molecule)
+    first = next((item for item in items if needs_molecule(item)), None)
+    if first is not None:
+        first.add_marker(pytest.mark.timeout(MOLECULE_TIMEOUT_S + 300))
 
 
 @pytest.hookimpl(tryfirst=True)
