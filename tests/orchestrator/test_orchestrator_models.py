@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.orchestrator.orch_support import call, orchestrator, status
+from tests.orchestrator.orch_support import call, orchestrator, status, wait_for
 from tests.orchestrator.test_orchestrator_workers import DIGITS, SAMPLE
 from tests.support import Service, free_port
 
@@ -99,6 +99,10 @@ def test_requests_reach_their_model_and_version_only(workers: dict[str, Service]
         assert {c for c, _ in any_digits} == {"w1/0", "w2/0"}  # the default model: both versions
         assert infer("/run_model?model=iris") == ("w1/iris/0", "7")
         assert infer("/run_model?model=digits&version=2") == ("w2/0", "2")
+        code, _, job = call(url + "/jobs?model=digits&version=1", "POST", SAMPLE)
+        assert code == 202, job
+        result = wait_for(lambda: (r := call(url + job["status_url"])[2])["status"] == "done" and r, 20)
+        assert (result["result"]["container"], result["result"]["model_version"]) == ("w1/0", "1")
         code, _, body = call(url + "/v2/models/iris/versions/7", "GET")
         assert (code, body["name"], body["versions"]) == (200, "iris", ["7"])
 

@@ -130,8 +130,8 @@ class LabelledHistograms:
 
     def collect(self) -> Metric:
         metric = Metric(self.name, self.documentation, "histogram")
-        if not self.series:  # (an unlabelled empty series, as a histogram without answers had)
-            self.of(())
+        if not self.series:  # no answer yet: an empty series, as before (not kept: a label may come)
+            LeanHistogram(self.name, self.documentation, self.buckets).add_to(metric, {})
         for labels, histogram in self.series.items():
             histogram.add_to(metric, dict(labels))
         return metric
