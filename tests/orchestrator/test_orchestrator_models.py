@@ -29,8 +29,8 @@ SIGNATURE = {
 OIP = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}]}
 
 
-def start_worker(name: str, model: str, version: str) -> Service:
-    port = free_port()
+def start_worker(name: str, model: str, version: str, port: int | None = None) -> Service:
+    port = port or free_port()
     args = ["worker", "--model", str(DIGITS), "--bind", f"127.0.0.1:{port}", "--container-name", name]
     args += ["--model-name", model, "--model-version", version, "--max-concurrency", "1"]
     return Service([*args, "--max-waiting", "0", "--intra-op-threads", "1"], port)
@@ -235,3 +235,66 @@ def test_a_reload_adds_and_removes_models_leaving_the_others_alone(
         code, _, body = call(orch.url + "/v2/models/iris/infer", "POST", OIP)
         assert (code, body["code"]) == (404, "model_not_found")
         assert call(orch.url + "/run_model?model=mnist", "POST", SAMPLE)[0] in (200, 503)
+
+
+def test_pinned_requests_follow_a_container_restarted_with_a_new_version(tmp_path: Path) -> None:
+    """A rollout in small: b/0 is stopped and started again with version 2 on its address;
+    requests pinned to 1 never reach it afterwards, those pinned to 2 reach only it."""
+    a = start_worker("a/0", "digits", "1").start()
+    b = start_worker("b/0", "digits", "1").start()
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        path = tmp_path / "routes.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "health": {"interval_s": 0.2, "timeout_s": 0.5, "fall": 1, "rise": 1},
+                    "models": [
+                        {
+                            "name": "digits",
+                            "containers": [
+                                {"name": w, "url": s.url, "node": w.split("/")[0]}
+                                for w, s in (("a/0", a), ("b/0", b))
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
+        with orchestrator(path) as orch:
+            stop = threading.Event()
+            pinned_one: list[tuple[int, str | None, str | None]] = []
+
+            def load() -> None:
+                while not stop.is_set():
+                    code, headers, _ = call(orch.url + "/v2/models/digits/versions/1/infer", "POST", OIP)
+                    pinned_one.append((code, headers["X-Container"], headers["X-Model-Version"]))
+
+            loader = threading.Thread(target=load)
+            loader.start()
+            try:
+                wait_for(lambda: len(pinned_one) > 20, 20)
+                b.stop()
+                b = start_worker("b/0", "digits", "2", b.port).start()
+                wait_for(
+                    lambda: any(
+                        (c["name"], c["model_version"], c["state"]) == ("b/0", "2", "ready")
+                        for c in status(orch)["containers"]
+                    ),
+                    30,
+                    "b/0 to be ready, serving version 2",
+                )
+                switched = len(pinned_one)
+                two = [call(orch.url + "/v2/models/digits/versions/2/infer", "POST", OIP) for _ in range(10)]
+                wait_for(lambda: len(pinned_one) > switched + 20, 20)
+            finally:
+                stop.set()
+                loader.join(30)
+        assert {code for code, _, _ in pinned_one} == {200}
+        assert {version for _, _, version in pinned_one} == {"1"}
+        assert {container for _, container, _ in pinned_one[switched:]} == {"a/0"}
+        assert {(r[0], r[1]["X-Container"], r[1]["X-Model-Version"]) for r in two} == {(200, "b/0", "2")}
+    finally:
+        a.stop()
+        b.stop()
