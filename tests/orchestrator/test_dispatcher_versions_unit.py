@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,9 @@ import pytest
 
 from onnxfleet.orchestrator.errors import HTTPError
 from onnxfleet.orchestrator.exchange import Exchange, Forwarder
+from onnxfleet.orchestrator.forward import request_bytes
 from onnxfleet.orchestrator.health import HealthChecker
+from onnxfleet.orchestrator.merging import RUN_MODEL, Part
 from onnxfleet.orchestrator.pool import Figures
 from onnxfleet.orchestrator.routes import HealthSpec, QueueSpec
 from onnxfleet.orchestrator.upstream import Response
@@ -294,3 +297,30 @@ def test_pinned_counts_follow_the_queue_through_expiry_and_withdrawal() -> None:
         assert stays.key is not None
 
     run(test)
+
+
+def test_a_merged_call_takes_only_requests_bound_for_its_containers_version() -> None:
+    from tests.orchestrator.test_batching_unit import ECHO
+    from tests.orchestrator.test_batching_unit import Harness as BatchHarness
+
+    async def main() -> None:
+        h = BatchHarness(max_batch_size=8)
+        c = h.dispatcher.roster.by_name["b"]
+        body = json.dumps({"inputs": [[1.0, 2.0]]}).encode()
+        ex = Exchange(
+            request_bytes("POST", b"/run_model", [(b"content-type", b"application/json")], body), None, _none
+        )
+        assert ECHO is not None
+        ex.part = Part(RUN_MODEL, len(body), ECHO)
+        c.model_version = "7"
+        assert h.batcher._mergeable(ex, c)
+        ex.version = "7"  # /run_model?version=7: pinned, the path names none
+        assert h.batcher._mergeable(ex, c)
+        ex.version = "8"
+        assert not h.batcher._mergeable(ex, c)
+
+    asyncio.run(main())
+
+
+def _none(_ex: Exchange) -> None:
+    pass

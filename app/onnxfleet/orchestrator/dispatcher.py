@@ -95,7 +95,7 @@ class Dispatcher:
         for c in self.containers:
             if c.free and (version is None or c.model_version == version):
                 if avoid is None:
-                    where = 0
+                    where = 0  # pragma: no mutate (one tier for all: any constant ranks the same)
                 else:
                     where = 2 if c.endpoint is avoid.endpoint else 1 if c.node == avoid.node else 0
                 rank = (where, c.endpoint.inflight / c.max_concurrency)
