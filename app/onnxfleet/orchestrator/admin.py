@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from onnxfleet.orchestrator.errors import BadRequest, HTTPError, NotFound
+from onnxfleet.orchestrator.pool import wait_idle
 from onnxfleet.orchestrator.roster import Container
 from onnxfleet.orchestrator.routes import RoutesError, load_table
 from onnxfleet.orchestrator.server import Reply, Request, json_reply
@@ -30,12 +31,15 @@ class Admin:
         tokens = o.tokens
         if o.settings.api_tokens_path is not None:
             tokens = Tokens(load_tokens(o.settings.api_tokens_path), o.tokens.raw_token)
-        changes = o.dispatcher.apply(table.containers, table.queue, o.drains.drained)
-        o.batcher.configure(table.model, table.batching)
-        o.health.sync(table.health)
+        changes = o.models.apply(table, o.drains.drained)
         o.table, o.tokens = table, tokens
         log.info("routing table reloaded", extra={**changes, "api_tokens": len(tokens.hashed)})
-        return {**changes, "containers": len(table.containers), "api_tokens": len(tokens.hashed)}
+        return {
+            **changes,
+            "containers": len(table.containers),
+            "models": [m.name for m in table.routes()],
+            "api_tokens": len(tokens.hashed),
+        }
 
     def reload(self, _request: Request) -> Reply:
         try:
@@ -52,10 +56,10 @@ class Admin:
 
     def _apply_flags(self) -> None:
         drained = self.o.drains.drained
-        for c in self.o.roster.containers:
+        for c in self.o.models.containers():
             if not c.removed:
                 c.draining = drained(c.name, c.node)
-        self.o.dispatcher.changed()
+        self.o.models.changed()
 
     def _selection(self, request: Request) -> tuple[dict[str, Any], str | None, list[Container]]:
         expected = 'expected a JSON object {"node": NAME} or {"container": NAME}'
@@ -68,7 +72,7 @@ class Admin:
         key = "node" if "node" in body else "container"
         if not isinstance(body[key], str):
             raise BadRequest(f"{key}: expected a string")
-        selected = self.o.roster.select(**{key: body[key]})
+        selected = self.o.models.select(**{key: body[key]})
         if not selected:
             raise NotFound(f"no {key} named '{body[key]}' in the routing table")
         return body, body[key] if key == "node" else None, selected
@@ -92,7 +96,7 @@ class Admin:
 
     async def _wait_drained(self, selected: list[Container], timeout: float) -> Reply:
         try:
-            await asyncio.wait_for(self.o.dispatcher.wait_idle(selected), timeout)
+            await asyncio.wait_for(wait_idle(selected), timeout)
         except TimeoutError:
             in_flight = sum(c.inflight for c in selected)
             raise HTTPError(
@@ -117,7 +121,7 @@ class Admin:
         _, node, selected = self._selection(request)
         names = [c.name for c in selected]
         nodes = {c.node for c in selected}
-        siblings = {n: [c.name for c in self.o.roster.select(node=n)] for n in nodes}
+        siblings = {n: [c.name for c in self.o.models.select(node=n)] for n in nodes}
         self.o.drains.ready(node, names, siblings)
         self._apply_flags()
         log.info("back in service: %s", names, extra={"containers": names})

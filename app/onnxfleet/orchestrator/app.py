@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from onnxfleet.oip import jsonio
 from onnxfleet.orchestrator import requestid
@@ -29,8 +30,10 @@ from onnxfleet.orchestrator.forward import request_bytes, response_headers
 from onnxfleet.orchestrator.health import HealthChecker
 from onnxfleet.orchestrator.history import History
 from onnxfleet.orchestrator.jobs import Job, JobStore, Refused, result_json, with_field
-from onnxfleet.orchestrator.metrics import Metrics
+from onnxfleet.orchestrator.metrics import Labels, Metrics
 from onnxfleet.orchestrator.observe import Observe
+from onnxfleet.orchestrator.pool import ModelPool, Models, PoolLimits
+from onnxfleet.orchestrator.repository import Repository
 from onnxfleet.orchestrator.roster import Roster
 from onnxfleet.orchestrator.router import Router
 from onnxfleet.orchestrator.routes import HealthSpec, RoutingTable
@@ -65,14 +68,39 @@ class Settings:
 
 
 class Caller:
-    """What the head of a request said about its caller (set by the guards)."""
+    """What the head of a request said about its caller and its model (set by the guards)."""
 
-    __slots__ = ("deadline", "request_id", "who")
+    __slots__ = ("deadline", "pool", "request_id", "version", "who")
 
-    def __init__(self, deadline: float | None, who: tuple[str | None, ...], request_id: bytes) -> None:
+    def __init__(
+        self,
+        deadline: float | None,
+        who: tuple[str | None, ...],
+        request_id: bytes,
+        pool: ModelPool,
+        version: str | None = None,
+    ) -> None:
         self.deadline = deadline
         self.who = who  # (peer address, X-Forwarded-For, token name): for the access log
         self.request_id = request_id  # in the access log, the container's request, the answer
+        self.pool = pool  # the model's pool it goes to
+        self.version = version  # only to containers serving this version (None: any)
+
+
+def _query(request: Request) -> dict[str, str]:
+    """``model`` and ``version`` from the query string of /run_model and /jobs (400 when
+    repeated or empty); other parameters are ignored, as before they were read."""
+    _, _, query = request.url.partition(b"?")
+    found: dict[str, str] = {}
+    for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if key not in ("model", "version"):
+            continue
+        if key in found:
+            raise BadRequest(f"?{key}= is given twice: expected it once")
+        if not value:
+            raise BadRequest(f"?{key}= is empty: expected a model {'name' if key == 'model' else 'version'}")
+        found[key] = value
+    return found
 
 
 def _deadline(request: Request) -> float | None:
@@ -96,17 +124,20 @@ class Orchestrator:
         self.table = table
         self.tokens = tokens or Tokens(raw=settings.api_token)
         self.admin_tokens = Tokens(raw=settings.admin_token)
-        self.roster = Roster()
-        self.dispatcher = Dispatcher(table.queue, self.roster, settings.max_queue_bytes)
-        self.forwarder = Forwarder(self.dispatcher, settings.upstream_timeout_s, settings.retries)
-        self.health = HealthChecker(self.dispatcher, self.forwarder, table.health)
-        self.metrics = Metrics(self.dispatcher, self.forwarder)
-        self.batcher = Batcher(self.dispatcher, self.forwarder, settings.max_body_bytes)
-        self.metrics.registry.register(BatchCollector(self.batcher))
-        self.jobs = JobStore(
-            settings.job_ttl_s, settings.max_jobs, settings.max_job_bytes, self.dispatcher.retry_after
+        limits = PoolLimits(
+            settings.upstream_timeout_s, settings.retries, settings.max_body_bytes, settings.max_queue_bytes
         )
-        self.history = History(lambda: len(self.dispatcher.queue))
+        self.models = Models(table, limits)
+        self.metrics = Metrics(self.models)
+        self.metrics.registry.register(BatchCollector(self._batchers))
+        self.jobs = JobStore(
+            settings.job_ttl_s,
+            settings.max_jobs,
+            settings.max_job_bytes,
+            self._retry_after,
+        )
+        self.history = History(lambda: sum(len(p.dispatcher.queue) for p in self.models))
+        self.repository = Repository(self.models)
         self.drains = DrainState(settings.state_dir)
         self.lease = Lease(settings.state_dir) if settings.state_dir is not None else None
         self.admin = Admin(self)
@@ -116,6 +147,33 @@ class Orchestrator:
         self.tasks: set[asyncio.Task[Any]] = set()
         self._second: asyncio.TimerHandle | None = None
         self.api_router, self.admin_router = self._routes()
+
+    # the default model's parts (the only model's with a version-1 table)
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.models.default.dispatcher
+
+    @property
+    def roster(self) -> Roster:
+        return self.models.default.roster
+
+    @property
+    def batcher(self) -> Batcher:
+        return self.models.default.batcher
+
+    @property
+    def forwarder(self) -> Forwarder:
+        return self.models.default.forwarder
+
+    @property
+    def health(self) -> HealthChecker:
+        return self.models.default.health
+
+    def _retry_after(self) -> int:
+        return self.models.default.dispatcher.retry_after()  # (the default changes on reloads)
+
+    def _batchers(self) -> list[tuple[Labels, Batcher]]:
+        return [(pool.labels, pool.batcher) for pool in self.models]
 
     def _routes(self) -> tuple[Router, Router]:
         """The API listener's routes and the admin listener's (one router without --admin-bind)."""
@@ -127,6 +185,14 @@ class Orchestrator:
             api.add("GET", prefix + "/ready", infer, guard)
         api.add("POST", "/run_model", infer, guard)
         api.add("GET", "/v2", infer, guard)
+        # Triton's extensions that its tools read: answered here, from what the pools know
+        repo, api_guard = self.repository, self._api_guard
+        for method in ("GET", "POST"):
+            api.add(method, "/v2/repository/index", repo.index, api_guard)
+        api.add("GET", "/v2/models/stats", repo.stats, api_guard)
+        for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            api.add("GET", prefix + "/config", repo.config, api_guard)
+            api.add("GET", prefix + "/stats", repo.stats, api_guard)
         api.add("POST", "/jobs", self.submit_job, self._job_guard)
         api.add("GET", "/jobs/{id}", self.get_job, self._api_guard)
         for path in ("/healthz", "/v2/health/live"):
@@ -161,19 +227,17 @@ class Orchestrator:
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
         self.drains.refresh()
-        self.dispatcher.apply(self.table.containers, self.table.queue, self.drains.drained)
-        self.batcher.configure(self.table.model, self.table.batching)
-        self.health.sync(self.table.health)
+        self.models.apply(self.table, self.drains.drained)
         # the first round of checks before accepting requests: a process that starts (or
         # replaces another) must not refuse them as "no ready container" meanwhile
-        deadline = time.monotonic() + self.health.spec.timeout_s + 0.5
-        while not all(c.checked for c in self.roster.containers) and time.monotonic() < deadline:
+        deadline = time.monotonic() + self.table.health.timeout_s + 0.5
+        while not all(c.checked for c in self.models.containers()) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         self.history.start()
         self._second = asyncio.get_running_loop().call_later(1.0, self._every_second)
         if self.lease is not None and not self.lease.try_acquire():
             log.info("standby: another process holds the dispatch lease; requests queue until it ends")
-            self.dispatcher.dispatching = False
+            self.models.set_dispatching(False)
             self.spawn(self._take_over(self.lease))
 
     def _every_second(self) -> None:
@@ -184,8 +248,7 @@ class Orchestrator:
         await lease.acquire()
         log.info("dispatch lease acquired: sending to the containers")
         self.admin.refresh()  # the previous holder's last drain flags
-        self.dispatcher.dispatching = True
-        self.dispatcher.changed()
+        self.models.set_dispatching(True)
 
     def spawn(
         self, work: Coroutine[Any, Any, Any], done: Callable[[asyncio.Task[Any]], None] | None = None
@@ -198,14 +261,15 @@ class Orchestrator:
 
     def idle(self) -> bool:
         """Nothing queued and nothing waiting for a container."""
-        return not self.dispatcher.queue and all(c.inflight == 0 for c in self.roster.containers)
+        return self.models.idle()
 
     def fail_queue(self) -> None:
-        """Stopping: whatever still waits in the queue gets 503 ``shutting_down``."""
-        d = self.dispatcher
-        for ex in list(d.queue.values()):
-            d.withdraw(ex)
-            ex.finish(None, ShuttingDown("the orchestrator is stopping: retry", retry_after=1))
+        """Stopping: whatever still waits in the queues gets 503 ``shutting_down``."""
+        for pool in list(self.models.everyone()):
+            d = pool.dispatcher
+            for ex in list(d.queue.values()):
+                d.withdraw(ex)
+                ex.finish(None, ShuttingDown("the orchestrator is stopping: retry", retry_after=1))
 
     async def stop(self) -> None:
         self.history.stop()
@@ -213,8 +277,7 @@ class Orchestrator:
             self._second.cancel()
         for task in list(self.tasks):
             task.cancel()
-        await self.health.close()
-        self.roster.close()
+        await self.models.close()
         if self.lease is not None:
             self.lease.release()
 
@@ -268,7 +331,50 @@ class Orchestrator:
         forwarded = request.header(b"x-forwarded-for")
         who = (request.remote, forwarded.decode("latin-1") if forwarded is not None else None, name)
         request_id, request.headers = requestid.assign(request.headers)
-        request.state = Caller(_deadline(request), who, request_id)
+        deadline = _deadline(request)
+        pool, version = self._target(request)
+        request.state = Caller(deadline, who, request_id, pool, version)
+
+    def _target(self, request: Request) -> tuple[ModelPool, str | None]:
+        """The model's pool a request goes to, and the version it is pinned to (or None).
+
+        ``/v2/models/{name}[/versions/{v}]/...`` by its path; ``/run_model`` and ``/jobs``
+        the default model, or ``?model=NAME&version=V``. A version-1 table's one model takes
+        any name and path version (its containers judge them); ``?version=`` pins there too.
+        """
+        models = self.models
+        default = models.default
+        name = request.params.get("name")
+        version = request.params.get("version")
+        if name is None and request.path != "/v2":
+            asked = _query(request)
+            name, version = asked.get("model"), asked.get("version")
+            if name is not None and not default.by_name and default.name and name != default.name:
+                raise self._model_not_found(name)
+        elif not default.by_name:
+            return default, None
+        pool = default if name is None else models.get(name)
+        if pool is None:
+            raise self._model_not_found(name)
+        if version is not None:
+            served = pool.versions()
+            if version not in served:
+                raise NotFound(
+                    f"model {pool.name!r} has no container serving version {version!r}: "
+                    f"expected one of {list(served)}",
+                    code="version_not_found",
+                    model=pool.name,
+                    versions=list(served),
+                )
+        return pool, version
+
+    def _model_not_found(self, name: str | None) -> HTTPError:
+        served = self.models.served()
+        return NotFound(
+            f"no model {name!r} is served here: expected one of {[m['name'] for m in served]}",
+            code="model_not_found",
+            models=served,
+        )
 
     def _job_guard(self, request: Request) -> None:
         self._infer_guard(request)
@@ -291,8 +397,10 @@ class Orchestrator:
         container = ex.container.name if ex.container is not None else None
         wait_ms = b"%.3f" % (ex.waited * 1000.0)
         response = ex.response
+        pool = caller.pool
+        labels = pool.labels
         if response is not None:
-            self.metrics.queue_wait.observe(ex.waited)
+            self.metrics.queue_wait.of(labels).observe(ex.waited)
             headers = response_headers(response)
             headers.append((b"X-Container", (container or "").encode()))
             headers.append((b"X-Queue-Wait-Ms", wait_ms))
@@ -306,8 +414,10 @@ class Orchestrator:
             reply.headers.append((b"X-Queue-Wait-Ms", wait_ms))
             reply.headers.append((b"X-Request-Id", caller.request_id))
         elapsed = time.monotonic() - ex.arrived
-        self.metrics.answered(reply.status, elapsed)
+        self.metrics.answered(reply.status, elapsed, labels)
         self.history.answered(reply.status, elapsed)
+        if method == "POST":  # an inference (not metadata): the model's figures
+            pool.finished(ex, reply.status)
         if self.settings.access_log:
             access_log.info(
                 "%s %s %d",
@@ -343,17 +453,20 @@ class Orchestrator:
         method = "GET" if request.method == "HEAD" else request.method
         data = request_bytes(method, request.raw_path, request.headers, request.body)
         ex = Exchange(data, caller.deadline, done)
-        if self.dispatcher.batcher is not None:
-            ex.part = self.batcher.part(request)
+        ex.version = caller.version
+        pool = caller.pool
+        dispatcher = pool.dispatcher
+        if dispatcher.batcher is not None:
+            ex.part = pool.batcher.part(request)
         request.body = b""  # its bytes are in the exchange's: the queue holds them once
         try:
-            self.dispatcher.submit(ex)
+            dispatcher.submit(ex)
         except HTTPError as exc:
             ex.finish(None, exc)
             return
 
         def client_left() -> None:
-            self.dispatcher.withdraw(ex)  # a queued request leaves the queue
+            dispatcher.withdraw(ex)  # a queued request leaves the queue
             ex.abandon()
 
         request.on_abort = client_left
@@ -364,11 +477,14 @@ class Orchestrator:
         self._job_room(request, len(data))
         job = Job(owner=caller.who[2])
         ex = Exchange(data, caller.deadline, lambda ex: self._job_done(job, ex, caller))
-        if self.dispatcher.batcher is not None:
-            ex.part = self.batcher.part(request, job=True)
-        self.dispatcher.submit(ex)  # refusals (queue full, no container) are the answer
-        job.exchange = ex
-        position = self.dispatcher.position(ex)
+        ex.version = caller.version
+        pool = caller.pool
+        dispatcher = pool.dispatcher
+        if dispatcher.batcher is not None:
+            ex.part = pool.batcher.part(request, job=True)
+        dispatcher.submit(ex)  # refusals (queue full, no container) are the answer
+        job.exchange, job.dispatcher = ex, dispatcher
+        position = dispatcher.position(ex)
         job.status = "running" if position is None else "queued"
         self.jobs.add(job, len(data))
         status_url = f"/jobs/{job.id}"
@@ -407,8 +523,8 @@ class Orchestrator:
         if job is None:
             raise NotFound("no such job: unknown id, or its result expired (--job-ttl)")
         view: dict[str, Any] = {"id": job.id, "status": job.status, "created": job.created}
-        if job.status == "queued" and job.exchange is not None:
-            position = self.dispatcher.position(job.exchange)
+        if job.status == "queued" and job.exchange is not None and job.dispatcher is not None:
+            position = job.dispatcher.position(job.exchange)
             if position is None:  # it got its slot since
                 job.status = view["status"] = "running"
             else:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -43,7 +43,7 @@ from onnxfleet.orchestrator.merging import (
     read,
     split,
 )
-from onnxfleet.orchestrator.metrics import PREFIX, LeanHistogram
+from onnxfleet.orchestrator.metrics import PREFIX, Labels, LeanHistogram
 from onnxfleet.orchestrator.routes import BatchingSpec, ModelSpec
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("onnxfleet.orchestrator")
 
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_SIZES_HELP = "Requests per inference call to a container while batching is on (1: sent alone)"
 # bodies read for merging at most: a larger one goes alone, unparsed (parsing megabytes of
 # JSON on the event loop stalls every connection, and merging it would save little)
 MAX_PARSE_BYTES = 64 * 1024
@@ -93,11 +94,7 @@ class Batcher:
         self.spec = BatchingSpec()
         self.off_reason = "the routing table has no batching object"
         self.flush_timer: asyncio.TimerHandle | None = None
-        self.sizes = LeanHistogram(
-            f"{PREFIX}_batch_size",
-            "Requests per inference call to a container while batching is on (1: sent alone)",
-            _SIZES,
-        )
+        self.sizes = LeanHistogram(f"{PREFIX}_batch_size", _SIZES_HELP, _SIZES)
         self.rows = 0
         self.resent_singly = 0
         self.mean = 0.0
@@ -193,8 +190,13 @@ class Batcher:
                     log.exception("batching could not read a request; it is sent alone")  # pragma: no mutate
                 if part.mergeable:  # its arrays stay with it: the queue's bytes count them
                     self.dispatcher.holds_more(ex, part.nbytes)
-        # an explicit version must be the one this container serves (it answers 404 otherwise)
-        return part.mergeable and (part.version is None or part.version == c.model_version)
+        # an explicit version must be the one this container serves (it answers 404 otherwise);
+        # one the request is pinned to, too (a version-2 table routes by it)
+        return (
+            part.mergeable
+            and (part.version is None or part.version == c.model_version)
+            and (ex.version is None or ex.version == c.model_version)
+        )
 
     def gather(self, head: Exchange, c: Container) -> Exchange:
         """``head`` (just out of the queue) and the queued requests right behind it that can
@@ -322,22 +324,36 @@ class Batcher:
 
 
 class BatchCollector(Collector):
-    def __init__(self, batcher: Batcher) -> None:
-        self.batcher = batcher
+    """One batcher's figures, or (a callable) every model's, each with its model's labels."""
+
+    def __init__(self, source: Batcher | Callable[[], Iterable[tuple[Labels, Batcher]]]) -> None:
+        self.source = source
+
+    def _batchers(self) -> list[tuple[Labels, Batcher]]:
+        if isinstance(self.source, Batcher):
+            return [((), self.source)]
+        return list(self.source())
 
     def collect(self) -> Iterator[Metric]:
-        yield self.batcher.sizes.collect()
+        batchers = self._batchers()
+        sizes = Metric(f"{PREFIX}_batch_size", _SIZES_HELP, "histogram")
         rows = CounterMetricFamily(
             f"{PREFIX}_batch_rows",
             "Rows sent to containers while batching is on",  # pragma: no mutate
+            labels=["model"] if any(labels for labels, _ in batchers) else None,
         )
-        rows.add_metric([], self.batcher.rows)
-        yield rows
         resent = CounterMetricFamily(
             f"{PREFIX}_batch_resent_singly",
             # pragma: no mutate start (help text)
             "Requests of merged calls answered with anything but a 200 that splits, sent again alone",
             # pragma: no mutate end
+            labels=["model"] if any(labels for labels, _ in batchers) else None,
         )
-        resent.add_metric([], self.batcher.resent_singly)
+        for labels, batcher in batchers:
+            batcher.sizes.add_to(sizes, dict(labels))
+            values = [value for _, value in labels]
+            rows.add_metric(values, batcher.rows)
+            resent.add_metric(values, batcher.resent_singly)
+        yield sizes
+        yield rows
         yield resent

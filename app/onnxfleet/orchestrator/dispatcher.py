@@ -14,6 +14,12 @@ One exception to "the head takes the first free slot": a request sent again afte
 container closed on it without an answer (``Exchange.avoid``) waits for a slot of
 another container while one is in service; the requests behind it take that address's
 slots meanwhile.
+
+Another: a request pinned to a model version (``Exchange.version``) goes only to a
+container whose readiness checks said it serves that version; while it waits for one,
+the requests behind it that may go elsewhere take the other containers' slots. So the
+rule kept after every change is: no free container is left with a queued request that
+may go to it.
 """
 
 from __future__ import annotations
@@ -50,15 +56,18 @@ class Dispatcher:
         self.service_ewma_s = 0.0  # recent service time, for Retry-After estimates
         self.rejected: dict[str, int] = {}
         self.batcher: Batcher | None = None  # set while batching is on (batching.py)
+        self.pinned = 0  # queued requests pinned to a version
 
     # -- choosing a slot ------------------------------------------------------------------
-    def _pick(self, avoid: Container | None = None, advance: bool = True) -> Container | None:
+    def _pick(
+        self, avoid: Container | None = None, advance: bool = True, version: str | None = None
+    ) -> Container | None:
         """The least loaded accepting container with a free slot (round-robin among equals;
         ``advance=False`` only looks, and leaves the round-robin where it is)."""
         if not self.dispatching:
             return None
-        if avoid is not None:
-            return self._pick_avoiding(avoid)
+        if avoid is not None or version is not None:
+            return self._pick_among(avoid, version)
         containers = self.containers
         n = len(containers)
         best: Container | None = None
@@ -77,14 +86,18 @@ class Dispatcher:
             self._rr = (start + best_i + 1) % n
         return best
 
-    def _pick_avoiding(self, avoid: Container) -> Container | None:
-        """For a request ``avoid`` closed on without an answer: a free container of another
-        node first, then another container of its node, then its own address."""
+    def _pick_among(self, avoid: Container | None, version: str | None) -> Container | None:
+        """The least loaded free container serving ``version`` (any when None); for a
+        request ``avoid`` closed on without an answer: one of another node first, then
+        another container of its node, then its own address."""
         best: Container | None = None
         best_rank = (3, 2.0)
         for c in self.containers:
-            if c.free:
-                where = 2 if c.endpoint is avoid.endpoint else 1 if c.node == avoid.node else 0
+            if c.free and (version is None or c.model_version == version):
+                if avoid is None:
+                    where = 0  # pragma: no mutate (one tier for all: any constant ranks the same)
+                else:
+                    where = 2 if c.endpoint is avoid.endpoint else 1 if c.node == avoid.node else 0
                 rank = (where, c.endpoint.inflight / c.max_concurrency)
                 if rank < best_rank:
                     best, best_rank = c, rank
@@ -96,10 +109,19 @@ class Dispatcher:
         avoid = ex.avoid
         if avoid is None or c.endpoint is not avoid.endpoint:
             return False
-        return any(o.accepting and o.endpoint is not avoid.endpoint for o in self.containers)
+        version = ex.version
+        return any(
+            o.accepting
+            and o.endpoint is not avoid.endpoint
+            and (version is None or o.model_version == version)
+            for o in self.containers
+        )
 
-    def any_accepting(self) -> bool:
-        return any(c.accepting for c in self.containers)
+    def any_accepting(self, version: str | None = None) -> bool:
+        """A container takes requests (of ``version``, when given)."""
+        if version is None:
+            return any(c.accepting for c in self.containers)
+        return any(c.accepting and c.model_version == version for c in self.containers)
 
     def ready_slots(self) -> int:
         return sum(c.max_concurrency for c in self.containers if c.accepting)
@@ -126,22 +148,26 @@ class Dispatcher:
             self.requeue(ex.members)
             return
         batcher = self.batcher if ex.part is not None else None
-        if not self.queue:
+        version = ex.version
+        # (with only pinned requests queued a free container may be left that this one may
+        # take: no queued request may go to it)
+        if not self.queue or self.pinned or version is not None:
             # (a request sent again after an empty answer goes through the queue:
             # dispatch() chooses where, avoiding the container that closed on it)
-            holder = batcher if self.queue_spec.max_length != 0 else None
+            holder = batcher if self.queue_spec.max_length != 0 and not self.queue else None
             # (a request held for company is placed later, by dispatch(): looking must not
             # move the round-robin, or every other container would be skipped)
-            c = self._pick(advance=holder is None) if ex.avoid is None else None
+            c = self._pick(advance=holder is None, version=version) if ex.avoid is None else None
             if c is not None:
                 if holder is None:
                     self._start(ex, c)
                     return
                 holder.hold()
             # checked only here: a queue implies an accepting container (changed()
-            # fails the whole queue when the last one stops accepting)
-            elif not self.any_accepting():
-                raise self._count(NoContainer("no container is ready to serve", retry_after=1))
+            # fails the whole queue when the last one stops accepting, and the requests
+            # pinned to a version when its last container stops)
+            elif not self.any_accepting(version):
+                raise self._count(NoContainer(_none_ready(version), retry_after=1))
         if not priority:
             if len(self.queue) >= self.queue_spec.max_length:
                 full = f"the queue is full ({self.queue_spec.max_length} waiting): retry later"
@@ -174,6 +200,8 @@ class Dispatcher:
         ex.timer = asyncio.get_running_loop().call_later(wait, self._expire, ex, by_deadline)
         self.queue[key] = ex
         self.queue_bytes += ex.size
+        if ex.version is not None:
+            self.pinned += 1
         if head:
             self.queue.move_to_end(key, last=False)
 
@@ -214,6 +242,8 @@ class Dispatcher:
         assert ex.timer is not None
         del self.queue[ex.key]
         self.queue_bytes -= ex.size
+        if ex.version is not None:
+            self.pinned -= 1
         ex.key = None
         ex.timer.cancel()
         ex.timer = None
@@ -245,13 +275,25 @@ class Dispatcher:
     def dispatch(self) -> None:
         """Hand free slots to the head of the queue, in order."""
         while self.queue:
-            c = self._pick(next(iter(self.queue.values())).avoid)
-            if c is None:
-                return
-            ex = self._pop_head(c)
+            head = next(iter(self.queue.values()))
+            c = self._pick(head.avoid, version=head.version)
+            ex = self._pop_head(c) if c is not None else None
             if ex is None:
+                if self.pinned:
+                    self._dispatch_around()
                 return
+            assert c is not None
             self._start(ex, c)
+
+    def _dispatch_around(self) -> None:
+        """The head waits for a container it may go to: every other free container takes
+        the first queued request that may go to it."""
+        for c in list(self.containers):
+            while c.free and self.queue:
+                ex = self._pop_head(c)
+                if ex is None:
+                    break
+                self._start(ex, c)
 
     def _pop_head(self, c: Container) -> Exchange | None:
         """The first queued request still worth sending that may go to ``c``, out of the queue."""
@@ -265,7 +307,9 @@ class Dispatcher:
 
     def _first_for(self, c: Container) -> Exchange | None:
         for ex in self.queue.values():
-            if ex.avoid is None or not self._shuns(ex, c):
+            if (ex.version is None or ex.version == c.model_version) and (
+                ex.avoid is None or not self._shuns(ex, c)
+            ):
                 return ex
         return None
 
@@ -302,8 +346,8 @@ class Dispatcher:
         if not self.queue:
             return
         if c.free:
-            # A queue means every other container is full (dispatch runs after every
-            # change), so the slot just freed is the one to fill: no need to look for it.
+            # No other free container has a queued request that may go to it (dispatch
+            # runs after every change), so the slot just freed is the one to fill.
             ex = self._pop_head(c)
             if ex is not None:
                 self._start(ex, c)
@@ -321,7 +365,13 @@ class Dispatcher:
         if self.queue and not self.any_accepting():
             for ex in list(self.queue.values()):
                 self._unqueue(ex)
-                ex.finish(None, self._count(NoContainer("no container is ready to serve", retry_after=1)))
+                ex.finish(None, self._count(NoContainer(_none_ready(None), retry_after=1)))
+        elif self.pinned:
+            served = {c.model_version for c in self.containers if c.accepting}
+            for ex in [ex for ex in self.queue.values() if ex.version is not None]:
+                if ex.version not in served:
+                    self._unqueue(ex)
+                    ex.finish(None, self._count(NoContainer(_none_ready(ex.version), retry_after=1)))
 
     def apply(
         self, specs: Iterable[ContainerSpec], queue: QueueSpec, drained: Drained | None = None
@@ -343,3 +393,9 @@ class Dispatcher:
                 fut: asyncio.Future[None] = loop.create_future()
                 c.idle_waiters.append(fut)
                 await fut
+
+
+def _none_ready(version: str | None) -> str:
+    if version is None:
+        return "no container is ready to serve"
+    return f"no container serving version {version!r} is ready"

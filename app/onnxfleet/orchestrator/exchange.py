@@ -42,6 +42,7 @@ from onnxfleet.orchestrator.upstream import (
 if TYPE_CHECKING:
     from onnxfleet.orchestrator.dispatcher import Dispatcher
     from onnxfleet.orchestrator.merging import Part
+    from onnxfleet.orchestrator.pool import Figures
     from onnxfleet.orchestrator.roster import Container
 
 
@@ -66,6 +67,7 @@ class Exchange:
         "sent_at",
         "size",
         "timer",
+        "version",
         "waited",
     )
 
@@ -88,6 +90,12 @@ class Exchange:
         self.response: Response | None = None
         self.error: HTTPError | None = None
         self.part: Part | None = None  # what batching knows of it (None: forwarded as it is)
+        self.version: str | None = None  # only to a container serving this model version
+
+    @property
+    def requests(self) -> int:
+        """Client requests this call carries."""
+        return 1
 
     def finish(self, response: Response | None, error: HTTPError | None) -> None:
         """The outcome for the client (once; later calls change nothing)."""
@@ -133,6 +141,10 @@ class Batch(Exchange):
         self.attempts = max(m.attempts for m in members)  # re-sends left: the fewest of its members'
         self.ejected = any(m.ejected for m in members)
 
+    @property
+    def requests(self) -> int:
+        return len(self.members)
+
 
 def _broken(c: Container, error: UpstreamError) -> str:
     if isinstance(error, HeadTooLarge):
@@ -146,8 +158,11 @@ def _broken(c: Container, error: UpstreamError) -> str:
 class Forwarder:
     """Sends exchanges to the containers the dispatcher chose, and ends them."""
 
-    def __init__(self, dispatcher: Dispatcher, upstream_timeout: float, retries: int) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, upstream_timeout: float, retries: int, figures: Figures | None = None
+    ) -> None:
         self.dispatcher = dispatcher
+        self.figures = figures  # the model's: container calls by version and size
         self.upstream_timeout = upstream_timeout
         self.retries = retries
         self.retried = 0
@@ -222,11 +237,17 @@ class Forwarder:
         if response.status >= 500:
             c.errors += 1
         version = response.header("X-Model-Version")
-        if version is not None:
+        switched = version is not None and version != c.model_version
+        if switched:
             c.model_version = version
         if ex is not None:
-            self.dispatcher.served(time.monotonic() - ex.sent_at)
+            took = time.monotonic() - ex.sent_at
+            self.dispatcher.served(took)
+            if self.figures is not None:
+                self.figures.executed(c.model_version or "", ex.requests, took)
         self._end(c)
+        if switched:  # requests pinned to its new version may go to it now, the old one's not
+            self.dispatcher.changed()
         if ex is not None:
             ex.finish(response, None)
 

@@ -1,7 +1,9 @@
 """Active readiness checks: ``GET <health.path>`` on every container, on its own connection.
 
 The checks never share a connection or a slot with inference, so a container whose slots
-are all busy is still seen alive (busy is not dead).
+are all busy is still seen alive (busy is not dead). Each answer's ``X-Model-Version`` is
+the version the container serves now (a container restarted with another version says so
+at its next check): requests pinned to a version go by it.
 """
 
 from __future__ import annotations
@@ -37,9 +39,16 @@ class HealthChecker:
             if c not in self.tasks:
                 self.tasks[c] = asyncio.get_running_loop().create_task(self._loop(c))
 
-    def record(self, c: Container, error: str | None) -> None:
-        """One check result (None: passed); a change of state reaches the queue at once."""
-        if not c.record_check(error is None, self.spec.rise, self.spec.fall, error):
+    def record(self, c: Container, error: str | None, version: str | None = None) -> None:
+        """One check result (None: passed) and the version it named; a change of state or
+        of version reaches the queue at once."""
+        if version is not None and version != c.model_version:
+            c.model_version = version
+            log.info("container %s serves version %s", c.name, version)  # pragma: no mutate
+            if not c.record_check(error is None, self.spec.rise, self.spec.fall, error):
+                self.dispatcher.changed()
+                return
+        elif not c.record_check(error is None, self.spec.rise, self.spec.fall, error):
             return
         # pragma: no mutate start (log text)
         log.info(
@@ -60,8 +69,10 @@ class HealthChecker:
         try:
             while c in self.dispatcher.containers:
                 error: str | None = None
+                version: str | None = None
                 try:
                     response = await pool.request(request, spec.timeout_s)
+                    version = response.header("X-Model-Version")
                     if response.status != 200:
                         error = f"{spec.path} answered {response.status}"
                 except UpstreamError as exc:
@@ -69,7 +80,7 @@ class HealthChecker:
                 except Exception as exc:  # a bug must not stop the checks of this container
                     log.exception("health check of %s failed", c.name)  # pragma: no mutate
                     error = f"{spec.path}: {type(exc).__name__}"
-                self.record(c, error)
+                self.record(c, error, version)
                 await asyncio.sleep(spec.interval_s)
         finally:
             pool.close()

@@ -20,12 +20,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from onnxfleet.oip import jsonio
 from onnxfleet.orchestrator.exchange import Exchange
+
+if TYPE_CHECKING:
+    from onnxfleet.orchestrator.dispatcher import Dispatcher
 
 # what a stored job costs besides its request or result bytes (its record, id, index entries)
 JOB_OVERHEAD = 1024
@@ -34,6 +37,7 @@ JOB_OVERHEAD = 1024
 @dataclass(slots=True)
 class Job:
     exchange: Exchange | None = None  # for its queue position
+    dispatcher: Dispatcher | None = None  # its model's, which queues it
     id: str = field(default_factory=lambda: secrets.token_hex(12))
     status: str = "queued"  # queued → running → done | failed
     created: float = field(default_factory=time.time)

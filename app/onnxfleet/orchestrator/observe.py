@@ -13,6 +13,8 @@ from onnxfleet.orchestrator.server import Reply, Request, json_reply
 
 if TYPE_CHECKING:
     from onnxfleet.orchestrator.app import Orchestrator
+    from onnxfleet.orchestrator.dispatcher import Dispatcher
+    from onnxfleet.orchestrator.pool import ModelPool
 
 _METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
 
@@ -22,31 +24,35 @@ class Observe:
         self.o = orchestrator
 
     def status(self) -> dict[str, Any]:
+        """The fleet: every model (its versions, queue, containers), and the totals. The
+        top-level ``queue``, ``service_time_ms`` and ``batching`` are the default model's."""
         o = self.o
         d = o.dispatcher
-        containers = o.roster.containers
-        by_code = o.metrics.by_code
+        pools = list(o.models)
+        containers = [(pool, c) for pool in pools for c in pool.containers]
+        by_code = o.metrics.totals()
+        rejected: dict[str, int] = {}
+        for pool in pools:
+            for code, count in pool.dispatcher.rejected.items():
+                rejected[code] = rejected.get(code, 0) + count
         return {
-            "ready": d.any_accepting(),
+            "ready": o.models.any_accepting(),
             "dispatching": d.dispatching,
             "pid": os.getpid(),
-            "containers": [c.as_dict() for c in containers],
-            "queue": {
-                "depth": len(d.queue),
-                "bytes": d.queue_bytes,
-                "max_length": d.queue_spec.max_length,
-                "timeout_s": d.queue_spec.timeout_s,
-            },
+            "default_model": o.models.default.name,
+            "models": [_model_status(pool, pool is o.models.default) for pool in pools],
+            "containers": [{**c.as_dict(), "model": pool.name} for pool, c in containers],
+            "queue": _queue_status(d),
             "service_time_ms": round(d.service_ewma_s * 1000.0, 3),
             "batching": o.batcher.status(),
             "totals": {
                 "answered": sum(by_code.values()),
                 "by_status": {str(k): v for k, v in sorted(by_code.items())},
-                "in_flight": sum(c.inflight for c in containers),
-                "served": sum(c.served for c in containers),
-                "errors": sum(c.errors for c in containers),
-                "retries": o.forwarder.retried,
-                "rejected": dict(d.rejected),
+                "in_flight": sum(c.inflight for _, c in containers),
+                "served": sum(c.served for _, c in containers),
+                "errors": sum(c.errors for _, c in containers),
+                "retries": sum(pool.forwarder.retried for pool in pools),
+                "rejected": rejected,
             },
             "jobs": {
                 "stored": len(o.jobs.jobs),
@@ -75,11 +81,11 @@ class Observe:
         return json_reply({"status": "alive"})
 
     def readyz(self, _request: Request) -> Reply:
-        ready = self.o.dispatcher.any_accepting()
+        ready = self.o.models.any_accepting()
         return json_reply(
             {
                 "status": "ready" if ready else "no ready container",
-                "ready_containers": sum(c.accepting for c in self.o.roster.containers),
+                "ready_containers": sum(c.accepting for pool in self.o.models for c in pool.containers),
                 "dispatching": self.o.dispatcher.dispatching,
             },
             status=200 if ready else 503,
@@ -88,3 +94,26 @@ class Observe:
     def dashboard(self, _request: Request) -> Reply:
         page = resources.files("onnxfleet.orchestrator").joinpath("dashboard.html").read_bytes()
         return Reply(200, page, [(b"Content-Type", b"text/html; charset=utf-8")])
+
+
+def _queue_status(d: Dispatcher) -> dict[str, Any]:
+    return {
+        "depth": len(d.queue),
+        "bytes": d.queue_bytes,
+        "max_length": d.queue_spec.max_length,
+        "timeout_s": d.queue_spec.timeout_s,
+    }
+
+
+def _model_status(pool: ModelPool, default: bool) -> dict[str, Any]:
+    d = pool.dispatcher
+    return {
+        "name": pool.name,
+        "default": default,
+        "versions": {v: [c.name for c in cs] for v, cs in pool.versions().items()},
+        "containers": [c.name for c in pool.containers],
+        "ready_containers": sum(c.accepting for c in pool.containers),
+        "queue": _queue_status(d),
+        "service_time_ms": round(d.service_ewma_s * 1000.0, 3),
+        "batching": pool.batcher.status(),
+    }

@@ -1,0 +1,122 @@
+"""The registry of model pools: a new table applied model by model."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from onnxfleet.orchestrator.errors import HTTPError
+from onnxfleet.orchestrator.exchange import Exchange
+from onnxfleet.orchestrator.pool import ModelPool, Models, PoolLimits
+from onnxfleet.orchestrator.roster import Container
+from onnxfleet.orchestrator.routes import parse_table
+
+
+def table(*models: tuple[str, list[str], int]) -> Any:
+    """A version-2 table: (model, container names, queue length) each, on unused addresses."""
+    return parse_table(
+        {
+            "health": {"interval_s": 60, "timeout_s": 0.2},
+            "models": [
+                {
+                    "name": name,
+                    "containers": [
+                        {
+                            "name": c,
+                            "url": f"http://127.0.0.{1 + i}:{9 + sum(map(ord, c))}",
+                            "node": c.split("/")[0],
+                        }
+                        for i, c in enumerate(containers)
+                    ],
+                    "queue": {"max_length": length, "timeout_s": 60},
+                }
+                for name, containers, length in models
+            ],
+        }
+    )
+
+
+def serve(pool: ModelPool, started: list[tuple[Exchange, Container]]) -> None:
+    """Its containers up, its sends recorded."""
+    pool.dispatcher.start = lambda ex, c: started.append((ex, c))
+    for c in pool.containers:
+        c.record_check(True, 1, 1)
+    pool.dispatcher.changed()
+
+
+def test_a_reload_keeps_unchanged_models_starts_new_ones_and_retires_removed_ones() -> None:
+    async def main() -> None:
+        models = Models(table(("digits", ["a/0", "b/0"], 5), ("iris", ["a/iris/0"], 1)), PoolLimits())
+        first = table(("digits", ["a/0", "b/0"], 5), ("iris", ["a/iris/0"], 1))
+        models.apply(first, None)
+        digits, iris = models.pools["digits"], models.pools["iris"]
+        kept = list(digits.containers)
+        started: list[tuple[Exchange, Container]] = []
+        serve(digits, started)
+        serve(iris, started)
+        finished: list[Exchange] = []
+        running = Exchange(b"x", None, finished.append)
+        iris.dispatcher.submit(running)
+        queued = Exchange(b"y", None, finished.append)
+        iris.dispatcher.submit(queued)
+        assert queued.key is not None
+        # a flood on iris: its queue is full, digits' slots and queue are untouched
+        with pytest.raises(HTTPError) as refused:
+            iris.dispatcher.submit(Exchange(b"z", None, finished.append))
+        assert refused.value.code == "queue_full"
+        assert all(c.free for c in digits.containers)
+        assert not digits.dispatcher.queue
+
+        changes = models.apply(table(("digits", ["a/0", "b/0"], 5), ("mnist", ["c/0"], 2)), None)
+        assert changes["models_added"] == ["mnist"]
+        assert changes["models_removed"] == ["iris"]
+        assert changes["removed"] == ["a/iris/0"]
+        assert changes["added"] == ["c/0"]
+        assert digits.containers == kept
+        assert models.pools["digits"] is digits
+        assert set(models.pools) == {"digits", "mnist"}
+        # iris's queue is answered 503; its container leaves once its request in flight ends
+        assert queued in finished
+        assert queued.error is not None
+        assert (queued.error.status, queued.error.code) == (503, "model_removed")
+        assert running not in finished
+        assert models.retired == [iris]
+        assert [c.name for c in models.containers()][-1] == "a/iris/0"
+        assert not models.idle()
+        iris.dispatcher.release(iris.containers[0])
+        assert not iris.containers
+        assert models.idle()
+        assert models.get("iris") is None
+        assert models.get("mnist") is models.pools["mnist"]
+        assert [m["name"] for m in models.served()] == ["digits", "mnist"]
+        assert [c.name for c in models.select(node="a")] == ["a/0"]
+        models.set_dispatching(False)
+        assert not any(p.dispatcher.dispatching for p in models)
+        models.set_dispatching(True)
+        await models.close()
+
+    asyncio.run(main())
+
+
+def test_a_version_1_table_is_one_pool_for_any_name() -> None:
+    one = parse_table({"containers": [{"name": "a", "url": "http://127.0.0.1:9", "node": "a"}]})
+    models = Models(one, PoolLimits())
+    assert models.get("anything") is models.default
+    assert models.default.labels == ()
+    named = parse_table(
+        {
+            "containers": [],
+            "model": {
+                "name": "digits",
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}],
+                "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
+            },
+        }
+    )
+    models = Models(named, PoolLimits())
+    assert models.get("digits") is models.default
+    assert models.get("other") is None
+    v2 = Models(table(("digits", [], 1)), PoolLimits())
+    assert v2.default.labels == (("model", "digits"),)
