@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
+from onnxfleet.orchestrator.canary import CanarySpec
 from onnxfleet.orchestrator.errors import BadRequest, HTTPError, NotFound
-from onnxfleet.orchestrator.pool import wait_idle
+from onnxfleet.orchestrator.pool import ModelPool, wait_idle
 from onnxfleet.orchestrator.roster import Container
 from onnxfleet.orchestrator.routes import RoutesError, load_table
 from onnxfleet.orchestrator.server import Reply, Request, json_reply
@@ -126,3 +129,77 @@ class Admin:
         self._apply_flags()
         log.info("back in service: %s", names, extra={"containers": names})
         return json_reply({"containers": names, "states": {c.name: c.state for c in selected}})
+
+    # -- canary ---------------------------------------------------------------------------
+    def _pool(self, name: object) -> ModelPool:
+        models = self.o.models
+        if name is None:
+            return models.default
+        pool = models.pools.get(name) if isinstance(name, str) else None
+        if pool is None:
+            raise NotFound(
+                f"model: no model {name!r} is served here: expected one of {list(models.pools)}",
+                code="model_not_found",
+            )
+        return pool
+
+    def _asked_pool(self, request: Request) -> ModelPool:
+        """``?model=NAME`` (the default model without it)."""
+        _, _, query = request.url.partition(b"?")
+        names = [v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == "model"]
+        if len(names) > 1:
+            raise BadRequest("?model= is given twice: expected it once")
+        return self._pool(names[0] if names else None)
+
+    def start_canary(self, request: Request) -> Reply:
+        """Send a share of a model's requests to one of its versions, judged on their answers."""
+        try:
+            body = json.loads(request.body) if request.body else None
+            spec = CanarySpec.from_json(body)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        assert isinstance(body, dict)
+        pool = self._pool(body.get("model"))
+        served = pool.versions()
+        if spec.version not in served:
+            raise NotFound(
+                f"version: model {pool.name!r} has no container serving version {spec.version!r}: "
+                f"expected one of {list(served)}",
+                code="version_not_found",
+                versions=list(served),
+            )
+        if pool.baseline_version(spec.version) is None:
+            raise HTTPError(
+                f"version: every ready container of model {pool.name!r} serves version "
+                f"{spec.version!r}: a canary needs another version to be judged against",
+                status=409,
+                code="no_baseline",
+            )
+        now = time.monotonic()
+        if pool.canary is not None and pool.canary.verdict(now) is None:
+            raise HTTPError(
+                f"model {pool.name!r} has a canary of version {pool.canary.spec.version!r} "
+                "being judged: end it first (DELETE /admin/canary)",
+                status=409,
+                code="canary_running",
+            )
+        canary = pool.start_canary(spec, now)
+        view = canary.view(now)
+        log.info("canary of %s version %s started", pool.name, spec.version, extra={"canary": view})
+        return json_reply({"model": pool.name, **view}, status=201)
+
+    def get_canary(self, request: Request) -> Reply:
+        pool = self._asked_pool(request)
+        if pool.canary is None:
+            raise NotFound(f"model {pool.name!r} has no canary", code="no_canary")
+        return json_reply({"model": pool.name, **pool.canary.view(time.monotonic())})
+
+    def end_canary(self, request: Request) -> Reply:
+        """Every version serves the model's requests again; the answer is the canary's last view."""
+        pool = self._asked_pool(request)
+        canary = pool.end_canary()
+        if canary is None:
+            raise NotFound(f"model {pool.name!r} has no canary", code="no_canary")
+        view = canary.view(time.monotonic())
+        log.info("canary of %s version %s ended: %s", pool.name, canary.spec.version, view["state"])
+        return json_reply({"model": pool.name, **view})

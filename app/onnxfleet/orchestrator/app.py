@@ -212,6 +212,9 @@ class Orchestrator:
         admin.add("POST", "/admin/reload", self.admin.reload, self._admin_guard)
         admin.add("POST", "/admin/drain", self.admin.drain, self._admin_guard)
         admin.add("POST", "/admin/ready", self.admin.ready, self._admin_guard)
+        admin.add("POST", "/admin/canary", self.admin.start_canary, self._admin_guard)
+        admin.add("GET", "/admin/canary", self.admin.get_canary, self._admin_guard)
+        admin.add("DELETE", "/admin/canary", self.admin.end_canary, self._admin_guard)
         if admin is not api:
             admin.add("GET", "/healthz", self.observe.healthz)
             admin.add("GET", "/readyz", self.observe.readyz)
@@ -453,8 +456,8 @@ class Orchestrator:
         method = "GET" if request.method == "HEAD" else request.method
         data = request_bytes(method, request.raw_path, request.headers, request.body)
         ex = Exchange(data, caller.deadline, done)
-        ex.version = caller.version
         pool = caller.pool
+        ex.version = pool.route_version(caller.version)
         dispatcher = pool.dispatcher
         if dispatcher.batcher is not None:
             ex.part = pool.batcher.part(request)
@@ -477,8 +480,8 @@ class Orchestrator:
         self._job_room(request, len(data))
         job = Job(owner=caller.who[2])
         ex = Exchange(data, caller.deadline, lambda ex: self._job_done(job, ex, caller))
-        ex.version = caller.version
         pool = caller.pool
+        ex.version = pool.route_version(caller.version)
         dispatcher = pool.dispatcher
         if dispatcher.batcher is not None:
             ex.part = pool.batcher.part(request, job=True)

@@ -116,4 +116,5 @@ def _model_status(pool: ModelPool, default: bool) -> dict[str, Any]:
         "queue": _queue_status(d),
         "service_time_ms": round(d.service_ewma_s * 1000.0, 3),
         "batching": pool.batcher.status(),
+        "canary": None if pool.canary is None else pool.canary.view(time.monotonic()),
     }

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from onnxfleet.orchestrator.batching import Batcher
+from onnxfleet.orchestrator.canary import Canary, CanarySpec
 from onnxfleet.orchestrator.dispatcher import Dispatcher
 from onnxfleet.orchestrator.errors import HTTPError
 from onnxfleet.orchestrator.exchange import Exchange, Forwarder
@@ -129,6 +130,7 @@ class ModelPool:
         self.health = HealthChecker(self.dispatcher, self.forwarder, health)
         # the canary of this model, when one runs (canary.py): told every inference answer
         self.observer: AnswerObserver | None = None
+        self.canary: Canary | None = None
 
     @property
     def by_name(self) -> bool:
@@ -192,12 +194,44 @@ class ModelPool:
         total = now - ex.arrived
         compute = now - ex.sent_at if ex.sent_at and ex.response is not None else None
         self.figures.inferred(version, ex.response is not None and status < 400, total, ex.waited, compute)
-        self.answered(version, ex.response is not None and status < 500, total, now)
+        # A model that fails on an input its signature accepts is a 422 inference_failed
+        # from the worker: an error of that version. A client's bad input gets 422 from
+        # every version alike, and the canary is judged against the baseline.
+        self.answered(version, ex.response is not None and status < 500 and status != 422, total, now)
 
     def answered(self, version: str, ok: bool, seconds: float, now: float) -> None:
-        """The per-version outcome the canary judges on: ``ok`` is an answer under 500."""
+        """The per-version outcome the canary judges on."""
         if self.observer is not None:
             self.observer.record(version, ok, seconds, now)
+
+    # -- canary ---------------------------------------------------------------------------
+    def start_canary(self, spec: CanarySpec, now: float) -> Canary:
+        self.canary = self.observer = Canary(spec, now)
+        return self.canary
+
+    def end_canary(self) -> Canary | None:
+        canary, self.canary, self.observer = self.canary, None, None
+        return canary
+
+    def baseline_version(self, canary: str) -> str | None:
+        """The version other than the canary's that most accepting containers serve."""
+        counts: dict[str, int] = {}
+        for c in self.roster.containers:
+            if c.accepting and c.model_version is not None and c.model_version != canary:
+                counts[c.model_version] = counts.get(c.model_version, 0) + 1
+        return max(counts, key=lambda v: (counts[v], v)) if counts else None
+
+    def route_version(self, asked: str | None) -> str | None:
+        """The version a request goes to: the one it names; during a canary, the canary's
+        version for its share of the others (while it has an accepting container), else
+        the baseline's, so the canary gets its share and no more; else any (None)."""
+        canary = self.canary
+        if asked is not None or canary is None:
+            return asked
+        version = canary.spec.version
+        if canary.routes_to_canary(time.monotonic()) and self.dispatcher.any_accepting(version):
+            return version
+        return self.baseline_version(version)
 
     def idle(self) -> bool:
         return not self.dispatcher.queue and all(c.inflight == 0 for c in self.roster.containers)
