@@ -117,6 +117,19 @@ def test_requests_reach_their_model_and_version_only(workers: dict[str, Service]
         code, _, body = call(url + "/run_model?model=iris&model=digits", "POST", SAMPLE)
         assert (code, body["code"]) == (400, "bad_request")
 
+        # each access log line names the model and the version that answered
+        access = [
+            json.loads(line)
+            for line in orch.log().splitlines()
+            if '"logger":"onnxfleet.orchestrator.access"' in line
+        ]
+        assert ("iris", "7", "w1/iris/0") in {
+            (a["model"], a["model_version"], a["container"]) for a in access
+        }
+        assert {(a["model"], a["model_version"]) for a in access if a["container"] == "w2/0"} == {
+            ("digits", "2")
+        }
+
         seen = status(orch)
         assert seen["default_model"] == "digits"
         by_model = {m["name"]: m for m in seen["models"]}

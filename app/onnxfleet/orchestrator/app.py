@@ -432,6 +432,8 @@ class Orchestrator:
                     "method": method,
                     "status": reply.status,
                     "path": path,
+                    "model": caller.pool.name,
+                    "model_version": None if response is None else response.header("X-Model-Version"),
                     "container": container,
                     "queue_wait_ms": round(ex.waited * 1000.0, 3),
                     "duration_ms": round(elapsed * 1000.0, 3),
