@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -120,3 +121,60 @@ def test_a_version_1_table_is_one_pool_for_any_name() -> None:
     assert models.get("other") is None
     v2 = Models(table(("digits", [], 1)), PoolLimits())
     assert v2.default.labels == (("model", "digits"),)
+
+
+def test_during_a_canary_unpinned_requests_go_to_its_version_for_its_share_and_to_the_baseline_else() -> None:
+    from onnxfleet.orchestrator.canary import CanarySpec
+
+    async def main() -> None:
+        iris = table(("iris", ["a/0", "b/0", "c/0", "d/0"], 5))
+        models = Models(iris, PoolLimits())
+        models.apply(iris, None)
+        pool = models.pools["iris"]
+        for c, version in zip(pool.containers, ("1", "1", "3", "2"), strict=True):
+            c.record_check(True, 1, 1)
+            c.model_version = version
+        assert pool.route_version(None) is None  # no canary: any container
+        assert pool.route_version("3") == "3"
+        # the baseline: the other version most ready containers serve (the canary's excluded)
+        assert pool.baseline_version("2") == "1"
+        assert pool.baseline_version("1") == "3"
+        pool.start_canary(CanarySpec(version="2", percent=25), time.monotonic())
+        routed = [pool.route_version(None) for _ in range(8)]
+        assert routed == ["1", "1", "1", "2", "1", "1", "1", "2"]
+        assert pool.route_version("3") == "3"  # a request naming a version keeps it
+        # with no ready container of the canary's version, its share goes to the baseline
+        pool.containers[3].record_check(False, 1, 1)
+        assert [pool.route_version(None) for _ in range(4)] == ["1"] * 4
+        assert pool.baseline_version("2") == "1"
+        # nothing ready but the canary: no baseline, any container
+        for c in pool.containers[:3]:
+            c.record_check(False, 1, 1)
+        pool.containers[3].record_check(True, 1, 1)
+        assert pool.baseline_version("2") is None
+        ended = pool.end_canary()
+        assert ended is not None
+        assert (pool.canary, pool.observer) == (None, None)
+        assert pool.route_version(None) is None
+        await models.close()
+
+    asyncio.run(main())
+
+
+def test_answers_reach_the_canary_with_422_and_5xx_as_errors() -> None:
+    recorded: list[tuple[str, bool]] = []
+
+    class Observer:
+        def record(self, version: str, ok: bool, seconds: float, now: float) -> None:
+            recorded.append((version, ok))
+
+    models = Models(table(("iris", ["a/0"], 5)), PoolLimits())
+    pool = models.pools["iris"]
+    pool.observer = Observer()
+    for status, answered in ((200, True), (404, True), (422, True), (500, True), (200, False)):
+        ex = Exchange(b"x", None, lambda ex: None)
+        ex.version = "7"
+        if answered:
+            ex.response = type("R", (), {"header": staticmethod(lambda name: "7"), "status": status})()
+        pool.finished(ex, status)
+    assert recorded == [("7", True), ("7", True), ("7", False), ("7", False), ("7", False)]
