@@ -408,12 +408,18 @@ def _place(found, normalized):
                 CONTAINERS_PER_CPU * cpus,
             )
         )
+    ranges = [
+        "%s on %s"
+        % (m["name"], m["ports"][0] if m["containers"] == 1 else "%d-%d" % (m["ports"][0], m["ports"][-1]))
+        for m in served
+    ]
     return {
         "node": found["node"],
         "host": found["host"],
         "address": found["address"],
         "cpus": cpus,
         "models": served,
+        "summary": "%s: %s" % (found["node"], ", ".join(ranges) or "no model"),
     }
 
 
