@@ -33,6 +33,11 @@ BATCHING_KEYS = ("enabled", "max_batch_size", "max_delay_ms")
 # A node runs at most this many containers per CPU (all models together): onnxruntime is
 # CPU-bound, and more than two containers per CPU only queue on the CPU (docs/models.md).
 CONTAINERS_PER_CPU = 2
+# The demo model of this checkout (an empty path, as an empty fleet_model_file): this file
+# is plugins/filter/ of the checkout, as a role's path is roles/<role>/.
+DEMO_MODEL = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "app", "models", "digits.onnx"
+)
 # Node shape: a worker node's own host variable wins over the fleet-wide value.
 _SHAPE = (
     ("fleet_worker_containers", "containers"),
@@ -204,7 +209,7 @@ def _optional_int(where, entry, field):
 def _one(index, entry, fleet_batching, demo_model):
     where = _where(index, entry)
     # An empty path is the demo model, as an empty fleet_model_file is.
-    path = str(entry["path"]) or demo_model
+    path = str(entry["path"]) or demo_model or DEMO_MODEL
     scheme = _source(where, path)
     sha256 = entry.get("sha256") or ""
     if sha256 and not SHA256.match(str(sha256)):
@@ -452,7 +457,7 @@ def fleet_model_plan(
     """
     normalized = fleet_models(models, batching=batching, demo_model=demo_model, model_file=model_file)
     if len(normalized) == 1:
-        _single_model(models[0], normalized[0], model_file or demo_model)
+        _single_model(models[0], normalized[0], model_file or demo_model or DEMO_MODEL)
     if controller_cpus is None and provider == "local":
         controller_cpus = os.cpu_count()
     fleet_wide = {"containers": containers, "base_port": base_port, "max_concurrency": max_concurrency}

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -390,16 +391,45 @@ def bad_files(models: Path) -> list[tuple[str, list[dict[str, Any]], str]]:
 
 def test_site_yml_stops_on_each_bad_entry_before_anything_is_made(tmp_path: Path, models: Path) -> None:
     env = ansible_env(ONNXFLEET_FLEET=FLEET)
-    for name, entries, message in bad_files(models):
-        extra = tmp_path / f"{name}.yml"
-        extra.write_text(yaml.safe_dump({"fleet_models": entries}))
-        proc = run(["ansible-playbook", "site.yml", "-e", f"@{extra}"], env=env, timeout=120)
-        assert proc.returncode != 0, explain(proc)
-        assert re.search(message, proc.stdout), f"{name}: {explain(proc)}"
-        # the first play failed: no other play ran
-        assert "PLAY [Provision the nodes]" not in proc.stdout, name
+    cases = bad_files(models)
+    for name, entries, _ in cases:
+        (tmp_path / f"{name}.yml").write_text(yaml.safe_dump({"fleet_models": entries}))
+    # (three at once: each run mostly starts Python and reads the inventory)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        runs = pool.map(
+            lambda name: run(
+                ["ansible-playbook", "site.yml", "-e", f"@{tmp_path / name}.yml"], env=env, timeout=180
+            ),
+            [name for name, _, _ in cases],
+        )
+        for (name, _, message), proc in zip(cases, runs, strict=True):
+            assert proc.returncode != 0, explain(proc)
+            assert re.search(message, proc.stdout), f"{name}: {explain(proc)}"
+            # the first play failed: no other play ran
+            assert "PLAY [Provision the nodes]" not in proc.stdout, name
     assert (labelled("container"), labelled("volume"), labelled("network")) == ("", "", "")
     assert not state_dir(FLEET).exists()
+
+
+def test_the_models_playbook_shows_the_placement_of_the_default_and_of_three_models(
+    tmp_path: Path, models: Path
+) -> None:
+    env = ansible_env(ONNXFLEET_FLEET=FLEET)
+    proc = run(["ansible-playbook", "playbooks/models.yml"], env=env, timeout=120)
+    assert proc.returncode == 0, explain(proc)
+    for number in range(1, 5):  # fleet_worker_count 4, today's ports
+        assert f"- 'worker-{number}: digits on 5000-5001'" in proc.stdout, explain(proc)
+    extra = tmp_path / "models.yml"
+    entries = three(models)
+    entries[1]["nodes"] = 2
+    # 4 containers on worker-1: a node of 2 CPUs allows 4
+    entries[2]["containers"] = 1
+    extra.write_text(yaml.safe_dump({"fleet_models": entries, "fleet_node_cpus": 2}))
+    proc = run(["ansible-playbook", "playbooks/models.yml", "-e", f"@{extra}"], env=env, timeout=120)
+    assert proc.returncode == 0, explain(proc)
+    assert "- 'worker-1: digits on 5000-5001, iris on 5002, ranker on 5003'" in proc.stdout, explain(proc)
+    assert "- 'worker-2: digits on 5000-5001, iris on 5002'" in proc.stdout, explain(proc)
+    assert "- 'worker-4: digits on 5000-5001'" in proc.stdout, explain(proc)
 
 
 def test_rollout_and_rollback_check_the_model_named(tmp_path: Path, models: Path) -> None:

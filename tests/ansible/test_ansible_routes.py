@@ -254,9 +254,7 @@ def test_two_models_render_the_version_2_table(tmp_path: Path) -> None:
         ],
     }
     (tmp_path / "models.json").write_text(json.dumps(models))
-    # (role_path: the role's demo model path refers to it, as it would inside the role)
-    role_path = f"role_path={ROOT / 'roles' / 'orchestrator'}"
-    rendered = json.loads(render(tmp_path, "-e", f"@{tmp_path / 'models.json'}", "-e", role_path))
+    rendered = json.loads(render(tmp_path, "-e", f"@{tmp_path / 'models.json'}"))
     assert set(rendered) == {"queue", "models"}
     digits_entry, iris = rendered["models"]
     assert [c["name"] for c in digits_entry["containers"]] == [
