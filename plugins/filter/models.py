@@ -516,7 +516,7 @@ def routing_table_v2(plan, *, queue, health=None):
 class FilterModule:
     def filters(self):
         return {
-            "fleet_models": fleet_models,
-            "fleet_model_plan": fleet_model_plan,
+            "model_list": fleet_models,
+            "model_placement": fleet_model_plan,
             "routing_table_v2": routing_table_v2,
         }
