@@ -71,7 +71,8 @@ def _source(where, path):
     """(scheme, path): local (an absolute path on the controller), s3 or https."""
     text = str(path)
     if text.startswith("s3://"):
-        bucket, _, key = text[len("s3://") :].partition("/")
+        rest = text[len("s3://") :]
+        bucket, key = rest.split("/", 1) if "/" in rest else (rest, "")
         if not bucket or not key:
             _fail(where, "path", "s3://bucket/key (a bucket and a key)", path)
         return "s3"
