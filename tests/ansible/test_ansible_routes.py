@@ -203,3 +203,73 @@ def test_the_role_template_renders_from_an_inventory_alone(tmp_path: Path) -> No
     assert len(parsed.containers) == 5
     assert parsed.model is not None
     assert parsed.model.signature.batch
+
+
+def render(tmp_path: Path, *extra: str) -> str:
+    """The orchestrator role's template rendered by ansible-playbook from INVENTORY."""
+    (tmp_path / "inventory.yml").write_text(INVENTORY)
+    (tmp_path / "group_vars").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "inventory" / "group_vars" / "all.yml", tmp_path / "group_vars" / "all.yml")
+    playbook = tmp_path / "render.yml"
+    playbook.write_text(PLAYBOOK.format(role=ROOT / "roles" / "orchestrator", out=tmp_path))
+    model = ["-e", f"fleet_model_file={ROOT / 'app' / 'models' / 'digits.onnx'}"]
+    proc = run(["ansible-playbook", "-i", str(tmp_path / "inventory.yml"), *model, *extra, str(playbook)])
+    assert proc.returncode == 0, explain(proc)
+    return (tmp_path / "routes.json").read_text()
+
+
+def test_one_model_renders_todays_table_byte_for_byte(tmp_path: Path) -> None:
+    """The default fleet_models (one model) leaves routes.json exactly as the single-model
+    filter writes it: the version-1 table, unchanged for the orchestrators that read it."""
+    hostvars = {
+        "fleet-worker-10": {"fleet_node": "worker-10", "fleet_private_address": "10.0.1.20"},
+        "fleet-worker-2": {
+            "fleet_node": "worker-2",
+            "fleet_private_address": "10.0.1.12",
+            "fleet_worker_containers": 3,
+            "fleet_worker_base_port": 6000,
+        },
+    }
+    expected = routing_table(
+        ["fleet-worker-10", "fleet-worker-2"],
+        hostvars,
+        containers=2,
+        base_port=5000,
+        max_concurrency=1,
+        queue=QUEUE,
+        batching={"enabled": True, "max_batch_size": 32, "max_delay_ms": 0},
+        card=CARD,
+    )
+    assert render(tmp_path) == json.dumps(expected, indent=2, sort_keys=True) + "\n"
+
+
+def test_two_models_render_the_version_2_table(tmp_path: Path) -> None:
+    (tmp_path / "iris.onnx").write_bytes(b"iris")
+    digits = ROOT / "app" / "models" / "digits.onnx"
+    models = {
+        "fleet_model_file": "",
+        "fleet_models": [
+            {"name": "digits", "path": str(digits)},
+            {"name": "iris", "path": str(tmp_path / "iris.onnx"), "version": "2", "containers": 1},
+        ],
+    }
+    (tmp_path / "models.json").write_text(json.dumps(models))
+    rendered = json.loads(render(tmp_path, "-e", f"@{tmp_path / 'models.json'}"))
+    assert set(rendered) == {"queue", "models"}
+    digits_entry, iris = rendered["models"]
+    assert [c["name"] for c in digits_entry["containers"]] == [
+        "worker-2/0",
+        "worker-2/1",
+        "worker-2/2",
+        "worker-10/0",
+        "worker-10/1",
+    ]
+    assert digits_entry["default"] is True
+    assert digits_entry["signature"]["inputs"] == CARD["inputs"]
+    assert digits_entry["batching"] == {"max_batch_size": 32, "max_delay_ms": 0}
+    # iris takes the ports after digits' on each node; no card: no signature, no batching
+    assert [(c["name"], c["url"]) for c in iris["containers"]] == [
+        ("worker-2/iris/0", "http://10.0.1.12:6003"),
+        ("worker-10/iris/0", "http://10.0.1.20:5002"),
+    ]
+    assert set(iris) == {"name", "containers"}
