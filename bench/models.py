@@ -70,9 +70,13 @@ def wrk(url: str, script: Path, clients: int, duration: float) -> dict[str, Any]
         url,
     ]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        time.sleep(duration)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        try:
+            time.sleep(duration)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        except BaseException:
+            proc.kill()
+            raise
     line = next((line for line in out.splitlines() if line.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({proc.returncode}) against {url}: {out[-1000:]}{err[-1000:]}")
