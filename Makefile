@@ -16,7 +16,7 @@ PYTHON_TIER_NICE ?= $(if $(filter 1,$(TEST_JOBS)),0,10)
 # process, its tests in order (they share module fixtures: a moto fleet, a server).
 PYTEST_WORKERS ?= auto
 
-.PHONY: help setup lint test test-python test-ansible demo image bench bench-worker bench-mlserver bench-batching bench-orchestrator bench-front-door mutation lock clean
+.PHONY: help setup lint test test-python test-ansible demo image bench bench-worker bench-mlserver bench-batching bench-models bench-orchestrator bench-front-door mutation lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,7 +60,10 @@ bench-mlserver: setup ## one worker against MLServer (own venv under .cache/benc
 bench-batching: setup ## 8 workers behind the orchestrator, batching off and on, wrk at 8 and 32 clients (prints figures)
 	python -m bench.fleet_batching
 
-bench: bench-worker bench-mlserver bench-batching bench-orchestrator bench-front-door ## every benchmark (prints figures)
+bench-models: setup ## 6 workers behind the orchestrator: digits alone against digits, iris and credit on 2 each (prints figures)
+	python -m bench.models
+
+bench: bench-worker bench-mlserver bench-batching bench-models bench-orchestrator bench-front-door ## every benchmark (prints figures)
 
 mutation: setup ## mutation testing of the orchestrator core (mutmut, about 15 min; not in make test)
 	rm -rf .cache/mutation && mkdir -p .cache/mutation
