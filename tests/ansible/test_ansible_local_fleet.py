@@ -26,6 +26,7 @@ from tests.support import ROOT, free_port, unwrap
 
 FLEET = "pytest-local-fleet"
 INVENTORY = ("-i", "inventory/local.docker.yml")  # the user's copy (Fleet.home)
+OTHER_NODE = "pytest-other-fleet-node"  # another fleet's
 LABEL = f"label=onnxfleet.fleet={FLEET}"
 NODES_PLAYBOOK = """
 - hosts: localhost
@@ -57,7 +58,7 @@ def remove_all() -> None:
         docker("volume", "rm", "-f", name)
     for name in docker("network", "ls", "-q", "--filter", LABEL).split():
         docker("network", "rm", name)
-    subprocess.run(["docker", "rm", "-f", "pytest-other-fleet-node"], capture_output=True, check=False)
+    subprocess.run(["docker", "rm", "-f", OTHER_NODE], capture_output=True, check=False)
 
 
 @dataclass
@@ -190,7 +191,7 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet
         "run",
         "-d",
         "--name",
-        "pytest-other-fleet-node",
+        OTHER_NODE,
         "--label",
         "onnxfleet.fleet=pytest-other",
         "--label",
@@ -322,7 +323,7 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet
     assert fleet.converge(playbook=teardown)["localhost"]["changed"] > 0
     assert fleet_objects() == {"containers": [], "volumes": [], "networks": []}
     assert not (fleet.state_dir / "known_hosts").exists()
-    assert docker("ps", "-q", "--filter", "name=pytest-other-fleet-node"), "another fleet's node was removed"
+    assert docker("ps", "-q", "--filter", f"name={OTHER_NODE}"), "another fleet's node was removed"
     assert fleet.converge(playbook=teardown)["localhost"]["changed"] == 0, (
         "a second teardown must change nothing"
     )
