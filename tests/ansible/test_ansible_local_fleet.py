@@ -1,10 +1,11 @@
 """The nodes role (local provider), the local_fleet role and inventory/local.docker.yml
 against the real Docker engine: EC2-like nodes (systemd, sshd, sudo) made, reached over
 SSH with the fleet's key and known host keys, found with the inventory contract's groups
-and variables, scaled in, torn down to nothing. All of it as a user of the collection
-installed from Galaxy does it (README, "Install from Galaxy"): from an empty directory
-outside the checkout, with the installed artifact's playbooks by name
-(onnxfleet.serving.provision, .teardown) and a copy of its inventory/, no ansible.cfg.
+and variables, scaled in, the smallest whole fleet deployed on what is left, torn down to
+nothing. All of it as a user of the collection installed from Galaxy does it (README,
+"Install from Galaxy"): from an empty directory outside the checkout, with the installed
+artifact's playbooks by name (onnxfleet.serving.provision, .site, .teardown) and a copy
+of its inventory/, no ansible.cfg.
 (Docker on such a node, installed while another process holds the package locks: the
 docker_engine molecule scenario.)"""
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +141,8 @@ def fleet(tmp_path: Path, artifact: Path) -> Iterator[Fleet]:
 
 # Six fleet runs (make, again, a node set up again, scale in, tear down twice) and ad-hoc
 # SSH calls: a CI run on a loaded machine reached the 600 s default during the teardown.
-@pytest.mark.timeout(1200)
+# The smallest site run from the installed collection came on top: 1800 s.
+@pytest.mark.timeout(1800)
 def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet) -> None:
     port = free_port()
     shape = ["-e", "fleet_worker_count=2", "-e", f"fleet_published_port={port}"]
@@ -287,6 +291,33 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet
     assert objects["containers"] == sorted(remaining)
     assert objects["volumes"] == sorted(f"{n}-docker" for n in remaining)
     assert sorted(fleet.inventory()["workers"]["hosts"]) == [f"{FLEET}-worker-1"]  # type: ignore[index]
+
+    # The smallest whole fleet on those two nodes (one container), by the installed
+    # collection's site playbook: it builds the image from the app/ it ships (the same
+    # content hash as the checkout's, so the session's image if it is there) and serves a
+    # prediction through the edge, with the fleet's own CA and token.
+    smallest = [
+        "-e",
+        "fleet_worker_count=1",
+        "-e",
+        "fleet_worker_containers=1",
+        "-e",
+        f"fleet_published_port={port}",
+    ]
+    fleet.converge(*smallest, playbook="onnxfleet.serving.site")
+    card = json.loads((ROOT / "app" / "models" / "digits.json").read_text())
+    token = (fleet.state_dir / "tokens" / "default").read_text().strip()
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{port}/run_model",
+        data=json.dumps({"inputs": card["example"]["inputs"]}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    tls = ssl.create_default_context(cafile=str(fleet.state_dir / "tls" / "ca.pem"))
+    with urllib.request.urlopen(request, context=tls, timeout=30) as answer:
+        assert answer.status == 200
+        answered = json.loads(answer.read())
+    assert answered["outputs"]["label"] == [card["example"]["label"]]
+    assert answered["version"] == card["version"]
 
     # Teardown removes every container, volume and the network, and only those, and
     # forgets the host keys (addresses are recycled).
