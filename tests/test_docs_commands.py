@@ -59,6 +59,8 @@ UNCHECKED: dict[str, str] = {
     "docker": "the Docker CLI: this check runs without Docker (tests/worker runs the image)",
     "ansible-inventory": "the AWS inventory plugin needs AWS credentials and the network",
     "pytest": "collecting a suite takes longer than this check may (its paths are checked)",
+    "ansible-galaxy": "installing reaches Galaxy (test_ansible_galaxy.py installs the built artifact)",
+    "cp": "copies the user's own files (a repository path it names is checked)",
 }
 
 PATH_SUFFIXES = {".yml", ".yaml", ".onnx", ".json", ".md", ".py", ".sh", ".cfg", ".toml", ".txt"}
@@ -320,7 +322,11 @@ def syntax_check_argv(args: list[str], doc: Doc, workdir: Path) -> tuple[list[st
     if not playbooks:
         problems.append("ansible-playbook without a playbook")
     for playbook in playbooks:
-        if not (ROOT / playbook).is_file():
+        # a playbook of this collection by name (onnxfleet.serving.site: playbooks/site.yml)
+        shipped = ROOT / "playbooks" / f"{playbook.removeprefix('onnxfleet.serving.')}.yml"
+        if playbook.startswith("onnxfleet.serving.") and not shipped.is_file():
+            problems.append(f"playbook {playbook!r} is not in the collection's playbooks/")
+        elif not playbook.startswith("onnxfleet.serving.") and not (ROOT / playbook).is_file():
             problems.append(f"playbook {playbook!r} is not in the repository")
     return problems, None if problems else tuple(argv)
 
@@ -706,6 +712,7 @@ def test_a_synthetic_doc_of_true_commands_passes() -> None:
         ("onnxfleet load --url http://fleet.example --token-file t", "a token over http://"),
         ("make no-such-target", "make has no target 'no-such-target'"),
         ("ansible-playbook playbooks/no-such.yml", "playbook 'playbooks/no-such.yml' is not in"),
+        ("ansible-playbook onnxfleet.serving.no_such", "'onnxfleet.serving.no_such' is not in the"),
         ("ansible-playbook site.yml --no-such-flag", "unrecognized arguments: --no-such-flag"),
         ("ansible-playbook site.yml -e '{\"broken\": '", "ansible-playbook --syntax-check fails"),
         ("ansible-playbook site.yml -i inventory/no_such.yml", "inventory 'inventory/no_such.yml'"),

@@ -30,6 +30,14 @@ def ansible_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def user_env(collections: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user of the installed collection: no ansible.cfg of this
+    checkout, the collections found in ``collections`` (and the ansible package's)."""
+    env = ansible_env(ANSIBLE_COLLECTIONS_PATH=str(collections), **extra)
+    del env["ANSIBLE_CONFIG"]
+    return env
+
+
 def run(
     args: list[str], env: dict[str, str] | None = None, timeout: float = 600, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:

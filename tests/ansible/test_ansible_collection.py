@@ -34,7 +34,10 @@ def test_ansible_test_sanity_passes_on_the_built_artifact(tmp_path: Path) -> Non
 
 def test_the_artifact_documents_its_roles_and_plugins(artifact: Path) -> None:
     installed = artifact / "ansible_collections" / "onnxfleet" / "serving"
-    assert not (installed / "app").exists()
+    # what the image is built from ships (test_ansible_galaxy.py builds from it), its
+    # wheelhouse does not
+    assert (installed / "app" / "Dockerfile").is_file()
+    assert not (installed / "app" / ".wheelhouse").exists()
     assert not (installed / "tests" / "ansible").exists()
     env = ansible_env(ANSIBLE_COLLECTIONS_PATH=str(artifact))
     roles = sorted(p.name for p in (installed / "roles").iterdir())

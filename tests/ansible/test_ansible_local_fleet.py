@@ -1,23 +1,33 @@
 """The nodes role (local provider), the local_fleet role and inventory/local.docker.yml
 against the real Docker engine: EC2-like nodes (systemd, sshd, sudo) made, reached over
 SSH with the fleet's key and known host keys, found with the inventory contract's groups
-and variables, scaled in, torn down to nothing. (Docker on such a node, installed while
-another process holds the package locks: the docker_engine molecule scenario.)"""
+and variables, scaled in, the smallest whole fleet deployed on what is left, torn down to
+nothing. All of it as a user of the collection installed from Galaxy does it (README,
+"Install from Galaxy"): from an empty directory outside the checkout, with the installed
+artifact's playbooks by name (onnxfleet.serving.provision, .site, .teardown) and a copy
+of its inventory/, no ansible.cfg.
+(Docker on such a node, installed while another process holds the package locks: the
+docker_engine molecule scenario.)"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import ssl
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.ansible.ansible_support import ansible_env, explain, recap, run
+from tests.ansible.ansible_support import explain, recap, run, user_env
 from tests.support import ROOT, free_port, unwrap
 
 FLEET = "pytest-local-fleet"
+INVENTORY = ("-i", "inventory/local.docker.yml")  # the user's copy (Fleet.home)
+OTHER_NODE = "pytest-other-fleet-node"  # another fleet's
 LABEL = f"label=onnxfleet.fleet={FLEET}"
 NODES_PLAYBOOK = """
 - hosts: localhost
@@ -49,41 +59,57 @@ def remove_all() -> None:
         docker("volume", "rm", "-f", name)
     for name in docker("network", "ls", "-q", "--filter", LABEL).split():
         docker("network", "rm", name)
-    subprocess.run(["docker", "rm", "-f", "pytest-other-fleet-node"], capture_output=True, check=False)
+    subprocess.run(["docker", "rm", "-f", OTHER_NODE], capture_output=True, check=False)
 
 
 @dataclass
 class Fleet:
-    """A playbook directory and the fleet's own state directory (XDG_STATE_HOME)."""
+    """A user's directory outside the checkout (a copy of the installed collection's
+    inventory/ in it), the installed collection, and the fleet's own state directory
+    (XDG_STATE_HOME)."""
 
     tmp: Path
+    collections: Path  # an ANSIBLE_COLLECTIONS_PATH holding the installed artifact
     output: str = ""  # the last converge's
+
+    @property
+    def home(self) -> Path:
+        home = self.tmp / "user"
+        if not home.exists():
+            installed = self.collections / "ansible_collections" / "onnxfleet" / "serving"
+            shutil.copytree(installed / "inventory", home / "inventory")
+        return home
 
     @property
     def state_dir(self) -> Path:
         return self.tmp / "state" / "onnxfleet" / FLEET
 
     def env(self) -> dict[str, str]:
-        return ansible_env(ONNXFLEET_FLEET=FLEET, XDG_STATE_HOME=str(self.tmp / "state"))
+        return user_env(self.collections, ONNXFLEET_FLEET=FLEET, XDG_STATE_HOME=str(self.tmp / "state"))
 
     def playbook(self, text: str) -> Path:
-        path = self.tmp / f"play{abs(hash(text))}.yml"
+        path = self.home / f"play{abs(hash(text))}.yml"
         path.write_text(text)
         return path
 
-    def converge(self, *extra: str, playbook: str = NODES_PLAYBOOK) -> dict[str, dict[str, int]]:
-        proc = run(["ansible-playbook", str(self.playbook(playbook)), *extra], env=self.env())
+    def converge(
+        self, *extra: str, playbook: str = "onnxfleet.serving.provision"
+    ) -> dict[str, dict[str, int]]:
+        proc = self.run("ansible-playbook", playbook, *INVENTORY, *extra)
         assert proc.returncode == 0, explain(proc)
         self.output = proc.stdout
         return recap(proc.stdout)
 
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return run(list(args), env={**self.env(), **env}, cwd=self.home, timeout=900)
+
     def inventory(self) -> dict[str, object]:
-        proc = run(["ansible-inventory", "-i", "inventory/local.docker.yml", "--list"], env=self.env())
+        proc = self.run("ansible-inventory", *INVENTORY, "--list")
         assert proc.returncode == 0, explain(proc)
         return unwrap(json.loads(proc.stdout))  # type: ignore[return-value]
 
     def ansible(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return run(["ansible", "onnxfleet", "-o", *args], env={**self.env(), **env})
+        return self.run("ansible", "onnxfleet", *INVENTORY, "-o", *args, **env)
 
 
 def apt_update_behind_a_busy_cache(node: str) -> tuple[str, list[str]]:
@@ -105,17 +131,18 @@ def apt_update_behind_a_busy_cache(node: str) -> tuple[str, list[str]]:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
+def fleet(tmp_path: Path, artifact: Path) -> Iterator[Fleet]:
     remove_all()
     try:
-        yield Fleet(tmp_path)
+        yield Fleet(tmp_path, artifact)
     finally:
         remove_all()
 
 
 # Six fleet runs (make, again, a node set up again, scale in, tear down twice) and ad-hoc
 # SSH calls: a CI run on a loaded machine reached the 600 s default during the teardown.
-@pytest.mark.timeout(1200)
+# The smallest site run from the installed collection came on top: 1800 s.
+@pytest.mark.timeout(1800)
 def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet) -> None:
     port = free_port()
     shape = ["-e", "fleet_worker_count=2", "-e", f"fleet_published_port={port}"]
@@ -166,7 +193,7 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet
         "run",
         "-d",
         "--name",
-        "pytest-other-fleet-node",
+        OTHER_NODE,
         "--label",
         "onnxfleet.fleet=pytest-other",
         "--label",
@@ -265,20 +292,48 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet
     assert objects["volumes"] == sorted(f"{n}-docker" for n in remaining)
     assert sorted(fleet.inventory()["workers"]["hosts"]) == [f"{FLEET}-worker-1"]  # type: ignore[index]
 
+    # The smallest whole fleet on those two nodes (one container), by the installed
+    # collection's site playbook: it builds the image from the app/ it ships (the same
+    # content hash as the checkout's, so the session's image if it is there) and serves a
+    # prediction through the edge, with the fleet's own CA and token.
+    smallest = [
+        "-e",
+        "fleet_worker_count=1",
+        "-e",
+        "fleet_worker_containers=1",
+        "-e",
+        f"fleet_published_port={port}",
+    ]
+    fleet.converge(*smallest, playbook="onnxfleet.serving.site")
+    card = json.loads((ROOT / "app" / "models" / "digits.json").read_text())
+    token = (fleet.state_dir / "tokens" / "default").read_text().strip()
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{port}/run_model",
+        data=json.dumps({"inputs": card["example"]["inputs"]}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    tls = ssl.create_default_context(cafile=str(fleet.state_dir / "tls" / "ca.pem"))
+    with urllib.request.urlopen(request, context=tls, timeout=30) as answer:
+        assert answer.status == 200
+        answered = json.loads(answer.read())
+    assert answered["outputs"]["label"] == [card["example"]["label"]]
+    assert answered["version"] == card["version"]
+
     # Teardown removes every container, volume and the network, and only those, and
     # forgets the host keys (addresses are recycled).
-    teardown = ["-e", "nodes_state=absent"]
-    assert fleet.converge(*teardown)["localhost"]["changed"] > 0
+    teardown = "onnxfleet.serving.teardown"
+    assert fleet.converge(playbook=teardown)["localhost"]["changed"] > 0
     assert fleet_objects() == {"containers": [], "volumes": [], "networks": []}
     assert not (fleet.state_dir / "known_hosts").exists()
-    assert docker("ps", "-q", "--filter", "name=pytest-other-fleet-node"), "another fleet's node was removed"
-    assert fleet.converge(*teardown)["localhost"]["changed"] == 0, "a second teardown must change nothing"
+    assert docker("ps", "-q", "--filter", f"name={OTHER_NODE}"), "another fleet's node was removed"
+    assert fleet.converge(playbook=teardown)["localhost"]["changed"] == 0, (
+        "a second teardown must change nothing"
+    )
 
 
 def test_local_fleet_refuses_a_name_the_inventory_would_not_find(fleet: Fleet) -> None:
-    proc = run(
-        ["ansible-playbook", str(fleet.playbook(NODES_PLAYBOOK)), "-e", "fleet_name=somewhere-else"],
-        env=fleet.env(),
+    proc = fleet.run(
+        "ansible-playbook", str(fleet.playbook(NODES_PLAYBOOK)), *INVENTORY, "-e", "fleet_name=somewhere-else"
     )
     assert proc.returncode != 0
     assert "ONNXFLEET_FLEET=somewhere-else" in proc.stdout

@@ -437,7 +437,7 @@ ROLE_PLAY = """\
 def test_an_orchestrator_restart_is_a_blue_green_hand_over_that_loses_nothing(ops: DeployedFleet) -> None:
     before, image = colour_and_image(ops)
     with under_load(ops) as watched:
-        proc = playbook(ops, "playbooks/restart-orchestrator.yml")
+        proc = playbook(ops, "playbooks/restart_orchestrator.yml")
         assert proc.returncode == 0, explain(proc)
     watched.check("orchestrator restart (blue/green)")
     after, same = colour_and_image(ops)
