@@ -143,7 +143,12 @@ def fleet(tmp_path: Path, artifact: Path) -> Iterator[Fleet]:
 # SSH calls: a CI run on a loaded machine reached the 600 s default during the teardown.
 # The smallest site run from the installed collection came on top: 1800 s.
 @pytest.mark.timeout(1800)
-def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(fleet: Fleet) -> None:
+def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(
+    fleet: Fleet, onnxfleet_image: dict[str, str]
+) -> None:
+    # (onnxfleet_image: the checkout builds the image from its wheelhouse; the installed
+    # collection, whose app/ has the same content hash, then finds it instead of building
+    # it from the package index, which docker builds cannot reach here)
     port = free_port()
     shape = ["-e", "fleet_worker_count=2", "-e", f"fleet_published_port={port}"]
     assert fleet.converge(*shape)["localhost"]["changed"] > 0

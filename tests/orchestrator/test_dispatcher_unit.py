@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from onnxfleet.orchestrator.dispatcher import Dispatcher
 from onnxfleet.orchestrator.errors import HTTPError
 from onnxfleet.orchestrator.exchange import Exchange
+from onnxfleet.orchestrator.pool import wait_idle
 from onnxfleet.orchestrator.roster import Container, Roster
 from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec
 from onnxfleet.orchestrator.upstream import Response
@@ -415,7 +416,7 @@ def test_wait_idle_returns_when_the_last_request_there_ends() -> None:
         h = Harness(table=[spec("a/0", "a")])
         h.submit()
         (c,) = h.dispatcher.containers
-        waiter = asyncio.ensure_future(h.dispatcher.wait_idle([c]))
+        waiter = asyncio.ensure_future(wait_idle([c]))
         await asyncio.sleep(0.01)
         assert not waiter.done()
         h.answer()

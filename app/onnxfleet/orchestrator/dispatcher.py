@@ -386,14 +386,6 @@ class Dispatcher:
             c.draining = draining
         self.changed()
 
-    async def wait_idle(self, containers: Iterable[Container]) -> None:
-        loop = asyncio.get_running_loop()
-        for c in containers:
-            while c.inflight > 0:
-                fut: asyncio.Future[None] = loop.create_future()
-                c.idle_waiters.append(fut)
-                await fut
-
 
 def _none_ready(version: str | None) -> str:
     if version is None:
