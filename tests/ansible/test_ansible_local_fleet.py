@@ -205,7 +205,7 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(
         "onnxfleet.role=worker",
         "onnxfleet/base:bookworm",
         "sleep",
-        "300",
+        "infinity",  # (it must outlive the whole test: remove_all() takes it away)
     )
     docker(
         "create",
