@@ -247,9 +247,11 @@ def latencies(url: str, body: dict, count: int) -> list[float]:
 
 
 @pytest.mark.slow
-def test_slow_iris_answers_like_iris_five_times_slower(tmp_path: Path) -> None:
+def test_slow_iris_answers_like_iris_three_times_slower(tmp_path: Path) -> None:
     """Both workers measured in the same run, requests interleaved so that a busy machine
-    slows both alike; the median per request, warm connections, one thread each."""
+    slows both alike; the median per request, warm connections, one thread each. Three times
+    is what the canary tests need (their p99 factor is 2); an idle machine measures about
+    ten, a loaded CI machine measured 4.4 (waiting for a core adds the same to both)."""
     model = slow_iris(tmp_path, "3")
     card = card_of("iris")
     body = {"inputs": card["example"]["inputs"]}
@@ -267,7 +269,7 @@ def test_slow_iris_answers_like_iris_five_times_slower(tmp_path: Path) -> None:
             fast_seconds += latencies(fast.url, body, 3)
             slow_seconds += latencies(slow.url, body, 3)
     fast_ms, slow_ms = statistics.median(fast_seconds) * 1000, statistics.median(slow_seconds) * 1000
-    assert slow_ms >= 5 * fast_ms, f"median slow {slow_ms:.2f} ms, fast {fast_ms:.2f} ms"
+    assert slow_ms >= 3 * fast_ms, f"median slow {slow_ms:.2f} ms, fast {fast_ms:.2f} ms"
 
 
 @pytest.mark.slow
