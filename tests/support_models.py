@@ -103,8 +103,8 @@ def slow_iris(directory: Path, version: str = "slow", *, width: int = 1024, laye
     N x layers x width^2 x 2 flops more per inference. The weights are ConstantOfShape nodes
     (folded when onnxruntime loads the model), which keeps the file small (9 KB).
 
-    The default is heavier than "3 times iris" (what the canary tests need) needs on an idle machine: when the machine
-    is busy, waiting for a core adds the same milliseconds to every request, fast or slow,
+    The default is heavier than the "3 times iris" the canary tests need on an idle machine:
+    when the machine is busy, waiting for a core adds the same milliseconds to every request, fast or slow,
     and the ratio of their latencies shrinks (4 with half these layers on a loaded run)."""
     model = _iris()
     graph = model.graph
