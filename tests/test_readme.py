@@ -128,3 +128,9 @@ def test_the_generated_table_keeps_colons_markup_sub_options_and_one_line_defaul
     assert "| `x_env` | (none) | Empty: `X_REGION`, else `us-east-1`. |" in table
     assert "| `x_list` | `[\"{{ lookup('a', b=1) }}\"]` | L |" in table
     assert "| `x_dict.on` | `false` | `false`: off. |" in table
+
+
+def test_readme_stays_under_15_kb() -> None:
+    """A newcomer's page: details live in docs/."""
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= 15_000, f"README.md is {size} bytes"
