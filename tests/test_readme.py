@@ -134,3 +134,18 @@ def test_readme_stays_under_15_kb() -> None:
     """A newcomer's page: details live in docs/."""
     size = len((ROOT / "README.md").read_bytes())
     assert size <= 15_000, f"README.md is {size} bytes"
+
+
+def test_mypy_is_strict_where_readme_says_so() -> None:
+    """README: `make lint` runs "mypy (strict)"; the configuration it uses says so (strict,
+    with subclassing untyped gunicorn classes allowed, and untyped imports as Any)."""
+    import re
+    import tomllib
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    config = tomllib.loads((ROOT / "app" / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mypy"]
+    lint = (ROOT / "Makefile").read_text(encoding="utf-8").split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert re.search(r"mypy --config-file app/pyproject\.toml app/onnxfleet\b", lint), lint
+    relaxed = {k for k, v in config.items() if k.startswith(("disallow_", "warn_")) and v is False}
+    strict = config.get("strict") is True and relaxed <= {"disallow_subclassing_any"}
+    assert ("mypy (strict)" in readme) == strict, (config, relaxed)
