@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,28 @@ END = "<!-- END generated -->"
 
 
 def text(value: Any) -> str:
-    """One table cell: argument_specs markup (C(x), O(x), V(x)) as code, pipes escaped."""
+    """One table cell: argument_specs markup (C(x), O(x), V(x), E(x)) as code, pipes escaped."""
     if isinstance(value, list):
         value = " ".join(str(v) for v in value)
     out = str(value)
-    for macro in ("C", "O", "V", "I"):
+    for macro in ("C", "O", "V", "E", "I"):
         while f"{macro}(" in out:
             start = out.index(f"{macro}(")
             end = out.index(")", start)
             out = out[:start] + "`" + out[start + 2 : end] + "`" + out[end + 1 :]
     return out.replace("|", "\\|").replace("\n", " ")
+
+
+def one_line(value: Any) -> Any:
+    """``value`` with the line breaks (and their indentation) of its strings as one space:
+    a YAML default folded over lines would otherwise show ``\\n`` in its table cell."""
+    if isinstance(value, str):
+        return re.sub(r"\s*\n\s*", " ", value)
+    if isinstance(value, list):
+        return [one_line(v) for v in value]
+    if isinstance(value, dict):
+        return {k: one_line(v) for k, v in value.items()}
+    return value
 
 
 def default(option: dict[str, Any], fallback: Any) -> str:
@@ -46,8 +59,22 @@ def default(option: dict[str, Any], fallback: Any) -> str:
         value = fallback
     else:
         return "(required)" if option.get("required") else "(none)"
-    shown = value if isinstance(value, str) else json.dumps(value)
+    shown = value if isinstance(value, str) else json.dumps(one_line(value))
     return "`" + str(shown).replace("|", "\\|") + "`" if shown != "" else '`""`'
+
+
+def rows(options: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> list[str]:
+    """A row per option, then one per sub-option (``parent.sub``) of a dict option."""
+    lines = []
+    for name, option in options.items():
+        fallback = defaults.get(name)
+        shown = default(option, fallback)
+        lines.append(f"| `{prefix}{name}` | {shown} | {text(option.get('description', ''))} |")
+        if option.get("options") and option.get("type") == "dict":
+            given = option.get("default", fallback)
+            inner = given if isinstance(given, dict) else {}
+            lines += rows(option["options"], inner, f"{prefix}{name}.")
+    return lines
 
 
 def tables(specs: dict[str, Any], defaults: dict[str, Any]) -> str:
@@ -60,9 +87,7 @@ def tables(specs: dict[str, Any], defaults: dict[str, Any]) -> str:
         options = spec.get("options") or {}
         if options:
             lines += ["", "| variable | default | meaning |", "|---|---|---|"]
-            for name, option in options.items():
-                shown = default(option, defaults.get(name))
-                lines.append(f"| `{name}` | {shown} | {text(option.get('description', ''))} |")
+            lines += rows(options, defaults)
     return "\n".join([*lines, "", END])
 
 

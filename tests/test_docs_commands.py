@@ -9,6 +9,9 @@ checked against the real tool, without side effects and without Docker or the ne
   inventory of the contract's groups and no hosts (the shown ``-i`` file must exist; its
   plugin would call Docker or AWS); ``-e @file`` made by a heredoc earlier in the same doc
   is made here too; every ``-e`` variable is one a playbook, role or inventory uses;
+- ``ansible <pattern> ...`` (ad hoc): the pattern names the contract's groups, the ``-i``
+  file exists, the module is one ansible-doc knows, and ansible parses the options
+  (``--list-hosts`` against that hostless inventory);
 - ``make <target>``: the target is in the Makefile;
 - ``curl``: every option is one this curl knows, and a request carrying the fleet's token or
   aimed at the edge's ports uses https with ``--cacert`` (the edge is TLS only);
@@ -443,6 +446,73 @@ def _syntax_check(argv: tuple[str, ...]) -> str:
     return " / ".join(lines[first : first + 4])
 
 
+ADHOC_OPTIONS_WITH_VALUE = {"-i", "--inventory", "-m", "--module-name", "-a", "--args", "-e", "--extra-vars"}
+# The groups every fleet inventory has (docs/design.md, "Inventory contract"), and Ansible's own.
+CONTRACT_GROUPS = {"all", "localhost", "onnxfleet", "workers", "orchestrators"}
+
+
+def check_ansible_adhoc(args: list[str]) -> list[str]:
+    problems: list[str] = []
+    argv: list[str] = []
+    patterns: list[str] = []
+    module = "ansible.builtin.command"
+    it = iter(args)
+    for arg in it:
+        if arg in ADHOC_OPTIONS_WITH_VALUE:
+            value = next(it, "")
+            if arg in {"-i", "--inventory"}:
+                if not (ROOT / value).exists():
+                    problems.append(f"inventory {value!r} is not in the repository")
+                continue  # checked against a hostless inventory (no Docker, no AWS)
+            if arg in {"-m", "--module-name"}:
+                module = value
+            argv += [arg, value]
+        else:
+            argv.append(arg)
+            if not arg.startswith("-"):
+                patterns.append(arg)
+    if len(patterns) != 1:
+        return [*problems, f"ansible: one host pattern expected, got {patterns}"]
+    unknown = {g for g in re.split(r"[:,]", patterns[0]) if g and g.lstrip("!&") not in CONTRACT_GROUPS}
+    if unknown:
+        problems.append(f"ansible: {sorted(unknown)} are not groups of the inventory contract")
+    if not ansible_module_exists(module):
+        problems.append(f"ansible: no module {module!r}")
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible"),
+            *argv,
+            "-i",
+            str(contract_inventory()),
+            "--list-hosts",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if run.returncode != 0:
+        errors = [line for line in (run.stderr + run.stdout).splitlines() if "error" in line.lower()]
+        problems.append(f"ansible rejects it: {(errors or [run.stderr.strip()])[-1]}")
+    return problems
+
+
+@functools.cache
+def ansible_module_exists(name: str) -> bool:
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-doc"), "-t", "module", "--json", name],
+        cwd=ROOT,
+        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return run.returncode == 0 and name in run.stdout
+
+
 @dataclass(frozen=True)
 class CurlOptions:
     flags: frozenset[str]  # take no value
@@ -560,6 +630,8 @@ def check_command(argv: list[str], doc: Doc, workdir: Path, inline: bool = False
         pass  # prose naming the tool or an option (`ansible-playbook --syntax-check`)
     elif name == "ansible-playbook":
         problems += check_ansible_playbook(argv[1:], doc, workdir)
+    elif name == "ansible":
+        problems += check_ansible_adhoc(argv[1:])
     elif name == "make":
         problems += check_make(argv[1:])
     elif name == "curl":
@@ -688,6 +760,7 @@ state=~/.local/state/onnxfleet/onnxfleet
 curl -s --cacert $state/tls/ca.pem -H "Authorization: Bearer $(cat $state/tokens/default)" \\
   https://127.0.0.1:8443/status
 ansible-playbook playbooks/rollout.yml -e model_path=/path/to/model.onnx [-e model_version=V]
+ansible onnxfleet:!workers -i inventory/local.docker.yml -b -m ansible.builtin.shell -a 'journalctl -n 5'
 ```
 
 ```console
@@ -710,6 +783,10 @@ def test_a_synthetic_doc_of_true_commands_passes() -> None:
         ("onnxfleet no-such-command", "invalid choice"),
         ("onnxfleet load --url http://127.0.0.1:8443 --cacert ca.pem", "--cacert with an http:// URL"),
         ("onnxfleet load --url http://fleet.example --token-file t", "a token over http://"),
+        ("ansible workrs -b -a 'docker ps'", "['workrs'] are not groups of the inventory contract"),
+        ("ansible workers -i inventory/no_such.yml -a 'docker ps'", "inventory 'inventory/no_such.yml'"),
+        ("ansible onnxfleet -m ansible.builtin.no_such -a x", "no module 'ansible.builtin.no_such'"),
+        ("ansible workers --no-such-flag -a 'docker ps'", "ansible rejects it"),
         ("make no-such-target", "make has no target 'no-such-target'"),
         ("ansible-playbook playbooks/no-such.yml", "playbook 'playbooks/no-such.yml' is not in"),
         ("ansible-playbook onnxfleet.serving.no_such", "'onnxfleet.serving.no_such' is not in the"),

@@ -51,3 +51,22 @@ def test_the_version_is_not_older_than_the_last_release() -> None:
     ]
     newest = max(releases, key=version_tuple)
     assert version_tuple(galaxy_version()) >= version_tuple(newest), (galaxy_version(), newest)
+
+
+def test_the_ansible_core_the_docs_name_is_the_locked_one() -> None:
+    """ "ansible-core 2.21" in README and docs is what requirements/controller.txt locks
+    (the minimum, "ansible-core ≥ 2.18", is tests/aws/test_aws_static.py's), and
+    ansible-test sanity has its ignore file for it."""
+    import re
+
+    lock = (ROOT / "requirements" / "controller.txt").read_text(encoding="utf-8")
+    pinned = re.search(r"^ansible-core==(\d+\.\d+)\.\d+", lock, re.MULTILINE)
+    assert pinned, "requirements/controller.txt pins no ansible-core"
+    said = {
+        f"{path.relative_to(ROOT)}: {match.group(1)}"
+        for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for match in re.finditer(r"ansible-core (\d+\.\d+)\b", path.read_text(encoding="utf-8"))
+        if match.group(1) != pinned.group(1)
+    }
+    assert not said, f"the lock has ansible-core {pinned.group(1)}: {sorted(said)}"
+    assert (ROOT / "tests" / "sanity" / f"ignore-{pinned.group(1)}.txt").is_file()
