@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 import subprocess
 import urllib.error
@@ -112,10 +113,21 @@ def test_plain_http_on_the_node_is_only_a_redirect(edge: DeployedFleet) -> None:
     connection.close()
     assert response.status == 308
     assert response.headers["Location"] == "https://fleet.example/run_model?x=1"
-    # nothing else of the node answers in plain HTTP from outside it
-    for port in (8081, 9081, 9000):
+    # nothing else of the node answers in plain HTTP from outside it (9101: the edge's exporter)
+    for port in (8081, 9081, 9000, 9101):
         with pytest.raises(ConnectionRefusedError):
             http.client.HTTPConnection(address, port, timeout=5).request("GET", "/healthz")
+
+
+# HAProxy's exporter on the node's loopback (fleet_edge_metrics_port), read from the node itself
+SCRAPE = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9101/metrics').read().decode())"
+PUBLIC_REQUESTS = re.compile(r'^haproxy_frontend_http_requests_total\{proxy="public"\} [1-9]', re.M)
+
+
+def test_the_edge_s_prometheus_exporter_answers_on_the_node_s_loopback(edge: DeployedFleet) -> None:
+    assert call(edge, "/run_model", edge.token)[0] == 200
+    text = docker("exec", f"{edge.name}-orchestrator", "python3", "-c", SCRAPE)
+    assert PUBLIC_REQUESTS.search(text), text[:2000]
 
 
 def test_a_token_added_then_revoked_by_rerunning_the_role_without_a_restart(

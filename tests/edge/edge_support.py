@@ -50,6 +50,7 @@ class Ports:
     tls: int = field(default_factory=free_port)
     http: int = field(default_factory=free_port)
     admin: int = field(default_factory=free_port)
+    metrics: int = field(default_factory=free_port)
     blue: int = field(default_factory=free_port)
     green: int = field(default_factory=free_port)
     blue_admin: int = field(default_factory=free_port)
@@ -70,6 +71,7 @@ def edge_variables(
         "fleet_edge_port": ports.tls,
         "fleet_max_body_bytes": 1024 * 1024,
         "fleet_admin_port": ports.admin,
+        "fleet_edge_metrics_port": ports.metrics,
         "fleet_orchestrator_colour": "blue",
         "fleet_orchestrator_api_ports": {"blue": ports.blue, "green": ports.green},
         "fleet_orchestrator_admin_ports": {"blue": ports.blue_admin, "green": ports.green_admin},

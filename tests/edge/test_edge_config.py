@@ -45,6 +45,30 @@ def test_every_answer_the_edge_makes_is_the_json_envelope(rendered: Path) -> Non
     assert json.loads(errors["413"])["limit"] == 1024 * 1024
 
 
+def sections(config: str) -> dict[str, list[str]]:
+    """The rendered file's sections ("frontend public", ...), their lines stripped."""
+    found: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in config.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            current = found.setdefault(line.strip(), [])
+        elif line.strip() and not line.strip().startswith("#"):
+            current.append(line.strip())
+    return found
+
+
+def test_the_prometheus_exporter_is_on_the_loopback_metrics_frontend_only(pki: Pki, tmp_path: Path) -> None:
+    ports = Ports()
+    found = sections(render(tmp_path / "haproxy.cfg", edge_variables(ports, pki, tmp_path)).read_text())
+    exporting = [name for name, lines in found.items() if any("prometheus-exporter" in x for x in lines)]
+    assert exporting == ["frontend metrics"]
+    metrics = found["frontend metrics"]
+    assert [x for x in metrics if x.startswith("bind ")] == [f"bind 127.0.0.1:{ports.metrics}"]
+    assert "http-request use-service prometheus-exporter if { path /metrics }" in metrics
+    assert metrics[-1].startswith("http-request return status 404 content-type application/json ")
+    assert not [x for x in metrics if x.startswith(("default_backend", "use_backend"))]
+
+
 def test_the_inactive_colour_is_disabled(pki: Pki, tmp_path: Path) -> None:
     ports = Ports()
     for colour, other in (("blue", "green"), ("green", "blue")):

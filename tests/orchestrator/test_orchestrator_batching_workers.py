@@ -97,7 +97,7 @@ def refused_for_being_busy(workers: dict[str, Service]) -> float:
     for w in workers.values():
         _, _, text = call(w.url + "/metrics")
         for line in text.splitlines():
-            if line.startswith("onnxfleet_worker_requests_total{") and 'status="429"' in line:
+            if line.startswith("onnxfleet_worker_requests_total{") and 'code="429"' in line:
                 total += float(line.rpartition(" ")[2])
     return total
 

@@ -12,6 +12,7 @@ import pytest
 import requests
 from sklearn.datasets import load_digits
 
+from tests.metrics_support import LATENCY_BOUNDS, histogram_bounds, naming_problems
 from tests.support import Service
 from tests.worker.worker_support import DIGITS, metric
 
@@ -162,9 +163,9 @@ def test_metrics(digits_worker: Service) -> None:
     def delta(name: str, **labels: str) -> float:
         return metric(after, name, **labels) - metric(before, name, **labels)
 
-    ok = {"endpoint": "/run_model", "method": "POST", "status": "200"}
+    ok = {"code": "200", "endpoint": "/run_model", "method": "POST"}  # the exposition's order
     assert delta("onnxfleet_worker_requests_total", **ok) == 3
-    assert delta("onnxfleet_worker_requests_total", **{**ok, "status": "422"}) == 1
+    assert delta("onnxfleet_worker_requests_total", **{**ok, "code": "422"}) == 1
     assert delta("onnxfleet_worker_inference_duration_seconds_count") == 3
     assert delta("onnxfleet_worker_batch_size_sum") == 12
     assert delta("onnxfleet_worker_request_duration_seconds_count", endpoint="/run_model") == 4
@@ -177,6 +178,23 @@ def test_metrics(digits_worker: Service) -> None:
     assert len(info) == 1
     for part in ('name="digits"', 'version="1"', 'container="digits-0"'):
         assert part in info[0]
+
+
+def test_metrics_follow_prometheus_naming_and_the_shared_buckets(digits_worker: Service) -> None:
+    """``code`` (not ``status``) for the HTTP status, ``_total`` counters, ``_seconds``
+    times, ``_info``; every latency histogram on the buckets the orchestrator uses too."""
+    url = digits_worker.url
+    requests.post(url + "/run_model", json={"inputs": SAMPLES[:1].tolist()}, timeout=10)
+    requests.post(url + "/run_model", json={"inputs": [[1, 2]]}, timeout=10)  # a 422 series too
+    text = requests.get(url + "/metrics", timeout=5).text
+    assert naming_problems(text, "onnxfleet_worker_") == []
+    assert 'code="422"' in text
+    for name in (
+        "onnxfleet_worker_request_duration_seconds",
+        "onnxfleet_worker_inference_duration_seconds",
+        "onnxfleet_worker_slot_wait_seconds",
+    ):
+        assert histogram_bounds(text, name) == list(LATENCY_BOUNDS), name
 
 
 def test_one_json_log_line_per_request(digits_worker: Service) -> None:

@@ -20,11 +20,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from onnxfleet.buckets import LATENCY_BUCKETS
+
 if TYPE_CHECKING:
     from onnxfleet.orchestrator.pool import Models
 
 PREFIX = "onnxfleet_orchestrator"
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 def model_labels(name: str, by_name: bool) -> dict[str, str]:
@@ -161,10 +162,12 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_FleetCollector(models))
         self.queue_wait = LabelledHistograms(
-            f"{PREFIX}_queue_wait_seconds", "Time requests waited for a slot", _BUCKETS
+            f"{PREFIX}_queue_wait_seconds", "Seconds requests waited for a slot", LATENCY_BUCKETS
         )
         self.duration = LabelledHistograms(
-            f"{PREFIX}_request_duration_seconds", "Time from arrival to answer, forwarded requests", _BUCKETS
+            f"{PREFIX}_request_duration_seconds",
+            "Seconds from arrival to answer, forwarded requests",
+            LATENCY_BUCKETS,
         )
         self.by_code: dict[tuple[Labels, int], int] = {}
         self.code_created: dict[tuple[Labels, int], float] = {}

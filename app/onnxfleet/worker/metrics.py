@@ -7,9 +7,9 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
 
+from onnxfleet.buckets import LATENCY_BUCKETS
 from onnxfleet.worker.gate import InferenceGate
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
@@ -20,25 +20,25 @@ class WorkerMetrics:
         self.requests = Counter(
             "onnxfleet_worker_requests",
             "HTTP requests answered, by endpoint (route), method and status code",
-            ["endpoint", "method", "status"],
+            ["endpoint", "method", "code"],
             registry=r,
         )
         self.request_seconds = Histogram(
             "onnxfleet_worker_request_duration_seconds",
-            "Time from request start to response, by endpoint (route)",
+            "Seconds from request start to response, by endpoint (route)",
             ["endpoint"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inference_seconds = Histogram(
             "onnxfleet_worker_inference_duration_seconds",
-            "Time inside onnxruntime per inference (excludes waiting for a slot and JSON)",
+            "Seconds inside onnxruntime per inference (excludes waiting for a slot and JSON)",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_seconds = Histogram(
             "onnxfleet_worker_slot_wait_seconds",
-            "Time an admitted inference request waited for a free slot",
+            "Seconds an admitted inference request waited for a free slot",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -66,7 +66,7 @@ class WorkerMetrics:
         ready = Gauge("onnxfleet_worker_ready", "1 once the model is loaded and warmed up", registry=r)
         ready.set_function(lambda: 1.0 if is_ready() else 0.0)
         self.warm_up_seconds = Gauge(
-            "onnxfleet_worker_warm_up_seconds", "Duration of the warm-up inference", registry=r
+            "onnxfleet_worker_warm_up_seconds", "Seconds the warm-up inference took", registry=r
         )
         self.model = Info("onnxfleet_worker_model", "The model served and where", registry=r)
 
