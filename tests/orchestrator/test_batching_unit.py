@@ -26,9 +26,9 @@ from onnxfleet.orchestrator.roster import Container, Roster
 from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec, RoutesError, parse_table
 from onnxfleet.orchestrator.server import Request
 from onnxfleet.orchestrator.upstream import ClosedBeforeResponse, Response
-from onnxfleet.simbackend import ECHO_MODEL, EchoModel
 from tests.orchestrator.batch_support import FORMATS, client_request
 from tests.orchestrator.scripted import until
+from tests.simbackend import ECHO_MODEL, EchoModel
 
 CONTAINERS = [{"name": "a/0", "url": "http://a:1", "node": "a"}]
 ECHO = parse_table({"containers": CONTAINERS, "model": ECHO_MODEL, "batching": {}}).model
