@@ -40,7 +40,10 @@ if TYPE_CHECKING:
 
 
 class Dispatcher:
-    # starts an exchange on a container once it holds a slot (the forwarder sets it)
+    """One model's slots and queue. Its two collaborators are given by its owner (the
+    model's pool, pool.py): ``start``, which sends an exchange once it holds a slot (the
+    forwarder's ``send``), and its batcher while batching is on (``use_batcher``)."""
+
     start: Callable[[Exchange, Container], None]
 
     def __init__(self, queue: QueueSpec, roster: Roster, max_queue_bytes: int = 64 * 1024 * 1024) -> None:
@@ -55,8 +58,14 @@ class Dispatcher:
         self._rr = 0
         self.service_ewma_s = 0.0  # recent service time, for Retry-After estimates
         self.rejected: dict[str, int] = {}
-        self.batcher: Batcher | None = None  # set while batching is on (batching.py)
+        self.batcher: Batcher | None = None  # while batching is on
         self.pinned = 0  # queued requests pinned to a version
+
+    def use_batcher(self, batcher: Batcher | None) -> None:
+        """Batching on (with ``batcher``) or off (None): what waited for company goes now."""
+        previous, self.batcher = self.batcher, batcher
+        if batcher is None and previous is not None:
+            previous.flush()
 
     # -- choosing a slot ------------------------------------------------------------------
     def _pick(

@@ -167,7 +167,6 @@ class Forwarder:
         self.retries = retries
         self.retried = 0
         self.connecting: set[asyncio.Task[None]] = set()
-        dispatcher.start = self.send
 
     def _connect_then_send(self, ex: Exchange, c: Container) -> None:
         task = asyncio.get_running_loop().create_task(self._connect_and_send(ex, c))
