@@ -270,9 +270,8 @@ class Batcher:
         self.mean = requests if self.mean == 0.0 else self.mean + _ALPHA * (requests - self.mean)
 
     # -- the end of a batch -------------------------------------------------------------------
-    def ended(self, ex: Exchange) -> None:
+    def ended(self, ex: Batch) -> None:
         """The batch's outcome, member by member."""
-        assert isinstance(ex, Batch)
         members = ex.members
         response = ex.response
         if response is None:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from onnxfleet.orchestrator.errors import HTTPError, NoContainer, QueueFull, QueueTimeout
-from onnxfleet.orchestrator.exchange import Batch, Exchange
+from onnxfleet.orchestrator.exchange import Exchange
 from onnxfleet.orchestrator.roster import Container, Drained, Roster
 from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec
 
@@ -151,11 +151,6 @@ class Dispatcher:
 
         ``priority`` puts a re-sent request at the head of the queue (it waited its turn).
         """
-        if isinstance(ex, Batch):  # sent again: its members wait again, at the head, in order
-            for m in ex.members:
-                m.attempts, m.ejected = ex.attempts, ex.ejected
-            self.requeue(ex.members)
-            return
         batcher = self.batcher if ex.part is not None else None
         version = ex.version
         # (with only pinned requests queued a free container may be left that this one may
