@@ -250,6 +250,7 @@ class Models:
 
     def __init__(self, table: RoutingTable, limits: PoolLimits) -> None:
         self.limits = limits
+        self.table = table  # in force: the last one applied
         self.health = table.health
         self.pools: dict[str, ModelPool] = {
             route.name: ModelPool(route, table.health, limits) for route in table.routes()
@@ -270,6 +271,7 @@ class Models:
 
     def apply(self, table: RoutingTable, drained: Drained | None) -> dict[str, Any]:
         """Adopt a routing table model by model."""
+        self.table = table
         self.health = table.health
         added: list[str] = []
         removed: list[str] = []

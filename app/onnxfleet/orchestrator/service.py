@@ -29,9 +29,9 @@ class Service:
 
     async def start(self, api: Iterable[Any], admin: Iterable[Any] = ()) -> None:
         """Serve the API on the ``api`` sockets and the admin API on the ``admin`` ones."""
-        orchestrator = self.orchestrator = Orchestrator(self.settings, self.table, self.tokens)
+        budget = BodyBudget(self.limits.max_connection_bytes)
+        orchestrator = self.orchestrator = Orchestrator(self.settings, self.table, self.tokens, budget)
         await orchestrator.start()
-        budget = orchestrator.body_budget = BodyBudget(self.limits.max_connection_bytes)
         server = HTTPServer(orchestrator.api_router, self.limits, budget=budget)
         await server.listen(api)
         self.servers.append(server)
