@@ -22,6 +22,7 @@ from onnxfleet.orchestrator.errors import GatewayTimeout, HTTPError
 from onnxfleet.orchestrator.exchange import Batch, Exchange, Forwarder
 from onnxfleet.orchestrator.forward import request_bytes
 from onnxfleet.orchestrator.merging import INFER, RUN_MODEL, Part, merged_request, read, split
+from onnxfleet.orchestrator.messages import Request
 from onnxfleet.orchestrator.roster import Container, Roster
 from onnxfleet.orchestrator.routes import (
     BatchingSpec,
@@ -31,7 +32,6 @@ from onnxfleet.orchestrator.routes import (
     RoutesError,
     parse_table,
 )
-from onnxfleet.orchestrator.server import Request
 from onnxfleet.orchestrator.upstream import ClosedBeforeResponse, Response
 from tests.orchestrator.batch_support import FORMATS, client_request
 from tests.orchestrator.scripted import until

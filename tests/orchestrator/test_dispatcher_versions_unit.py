@@ -15,7 +15,8 @@ from onnxfleet.orchestrator.forward import request_bytes
 from onnxfleet.orchestrator.health import HealthChecker
 from onnxfleet.orchestrator.merging import RUN_MODEL, Part
 from onnxfleet.orchestrator.pool import Figures
-from onnxfleet.orchestrator.routes import HealthSpec, QueueSpec
+from onnxfleet.orchestrator.routes import QueueSpec
+from onnxfleet.orchestrator.settings import HealthSpec
 from onnxfleet.orchestrator.upstream import Response
 from tests.orchestrator.test_dispatcher_unit import Harness, spec
 

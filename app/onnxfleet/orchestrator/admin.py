@@ -12,16 +12,16 @@ from urllib.parse import parse_qsl
 
 from onnxfleet.orchestrator.canary import CanarySpec
 from onnxfleet.orchestrator.errors import BadRequest, HTTPError, NotFound
+from onnxfleet.orchestrator.messages import Reply, Request, json_reply
 from onnxfleet.orchestrator.pool import ModelPool, wait_idle
 from onnxfleet.orchestrator.roster import Container
 from onnxfleet.orchestrator.routes import RoutesError, load_table
-from onnxfleet.orchestrator.server import Reply, Request, json_reply
 from onnxfleet.orchestrator.tokens import Tokens, TokensError, load_tokens
 
 if TYPE_CHECKING:
-    from onnxfleet.orchestrator.app import Settings
     from onnxfleet.orchestrator.guards import Guards
     from onnxfleet.orchestrator.pool import Models
+    from onnxfleet.orchestrator.settings import Settings
     from onnxfleet.orchestrator.state import DrainState
 
 # answers a request when the work is done (Orchestrator.later)

@@ -16,8 +16,6 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from onnxfleet.orchestrator.admin import Admin
@@ -30,37 +28,20 @@ from onnxfleet.orchestrator.health import HealthChecker
 from onnxfleet.orchestrator.history import History
 from onnxfleet.orchestrator.inference import Inference
 from onnxfleet.orchestrator.jobs import JobStore
+from onnxfleet.orchestrator.limits import BodyBudget
+from onnxfleet.orchestrator.messages import Reply, Request, error_reply
 from onnxfleet.orchestrator.metrics import Labels, Metrics
 from onnxfleet.orchestrator.observe import Observe
 from onnxfleet.orchestrator.pool import Models, PoolLimits
 from onnxfleet.orchestrator.repository import Repository
 from onnxfleet.orchestrator.roster import Roster
 from onnxfleet.orchestrator.router import Router
-from onnxfleet.orchestrator.routes import HealthSpec, RoutingTable
-from onnxfleet.orchestrator.server import BodyBudget, Reply, Request, error_reply
+from onnxfleet.orchestrator.routes import RoutingTable
+from onnxfleet.orchestrator.settings import Settings
 from onnxfleet.orchestrator.state import DrainState, Lease
 from onnxfleet.orchestrator.tokens import Tokens
 
 log = logging.getLogger("onnxfleet.orchestrator")
-
-
-@dataclass(frozen=True)
-class Settings:
-    routes_path: str
-    admin_token: str | None = None
-    api_token: str | None = None  # raw, from $ONNXFLEET_API_TOKEN (development)
-    api_tokens_path: str | None = None  # hashed, re-read on reload
-    state_dir: Path | None = None
-    admin_listener: bool = False  # /admin/* has its own listener (--admin-bind)
-    upstream_timeout_s: float = 60.0
-    retries: int = 2
-    job_ttl_s: float = 300.0
-    max_jobs: int = 1000
-    max_job_bytes: int = 256 * 1024 * 1024
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_queue_bytes: int = 64 * 1024 * 1024
-    health_defaults: HealthSpec = field(default_factory=HealthSpec)
-    access_log: bool = True
 
 
 class Orchestrator:

@@ -48,8 +48,8 @@ from onnxfleet.orchestrator.routes import BatchingSpec, ModelSpec
 
 if TYPE_CHECKING:
     from onnxfleet.orchestrator.dispatcher import Dispatcher
+    from onnxfleet.orchestrator.messages import Request
     from onnxfleet.orchestrator.roster import Container
-    from onnxfleet.orchestrator.server import Request
 
 log = logging.getLogger("onnxfleet.orchestrator")
 

@@ -8,8 +8,8 @@ from urllib.parse import parse_qsl
 from onnxfleet.orchestrator import requestid
 from onnxfleet.orchestrator.errors import BadRequest, HTTPError, NotFound, Unauthorized
 from onnxfleet.orchestrator.jobs import JobStore, Refused
+from onnxfleet.orchestrator.messages import Request
 from onnxfleet.orchestrator.pool import ModelPool, Models
-from onnxfleet.orchestrator.server import Request
 from onnxfleet.orchestrator.tokens import Tokens
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"

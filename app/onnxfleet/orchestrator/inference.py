@@ -13,8 +13,8 @@ from onnxfleet.orchestrator.forward import request_bytes, response_headers
 from onnxfleet.orchestrator.guards import Caller, Guards
 from onnxfleet.orchestrator.history import History
 from onnxfleet.orchestrator.jobs import Job, JobStore, result_json, with_field
+from onnxfleet.orchestrator.messages import Reply, Request, error_reply, json_reply
 from onnxfleet.orchestrator.metrics import Metrics
-from onnxfleet.orchestrator.server import Reply, Request, error_reply, json_reply
 
 access_log = logging.getLogger("onnxfleet.orchestrator.access")
 

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from onnxfleet.orchestrator.server import Reply, Request, json_reply
+from onnxfleet.orchestrator.messages import Reply, Request, json_reply
 
 if TYPE_CHECKING:
     from onnxfleet.orchestrator.dispatcher import Dispatcher
     from onnxfleet.orchestrator.history import History
     from onnxfleet.orchestrator.jobs import JobStore
+    from onnxfleet.orchestrator.limits import BodyBudget
     from onnxfleet.orchestrator.metrics import Metrics
     from onnxfleet.orchestrator.pool import ModelPool, Models
-    from onnxfleet.orchestrator.server import BodyBudget
 
 _METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
 

@@ -24,7 +24,8 @@ from onnxfleet.orchestrator.exchange import Exchange, Forwarder
 from onnxfleet.orchestrator.health import HealthChecker
 from onnxfleet.orchestrator.metrics import Labels
 from onnxfleet.orchestrator.roster import Container, Drained, Roster
-from onnxfleet.orchestrator.routes import BatchingSpec, HealthSpec, ModelRoute, ModelSpec, RoutingTable
+from onnxfleet.orchestrator.routes import BatchingSpec, ModelRoute, ModelSpec, RoutingTable
+from onnxfleet.orchestrator.settings import HealthSpec
 
 
 @dataclass(frozen=True)

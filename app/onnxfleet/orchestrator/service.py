@@ -8,9 +8,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from onnxfleet.orchestrator.app import Orchestrator, Settings
+from onnxfleet.orchestrator.app import Orchestrator
+from onnxfleet.orchestrator.limits import BodyBudget, Limits
 from onnxfleet.orchestrator.routes import RoutingTable
-from onnxfleet.orchestrator.server import BodyBudget, HTTPServer, Limits
+from onnxfleet.orchestrator.server import HTTPServer
+from onnxfleet.orchestrator.settings import Settings
 from onnxfleet.orchestrator.tokens import Tokens
 
 log = logging.getLogger("onnxfleet.orchestrator")
