@@ -148,7 +148,7 @@ class Batch(Exchange):
     def __init__(
         self, data: bytes, members: list[Exchange], parts: list[Part], ended: Callable[[Batch], None]
     ) -> None:
-        super().__init__(data, None, lambda _: ended(self))
+        super().__init__(data, None, lambda _ex: ended(self))
         self.members = members
         self.parts = parts  # kept here: a member that ends drops its own
         self.attempts = max(m.attempts for m in members)  # re-sends left: the fewest of its members'

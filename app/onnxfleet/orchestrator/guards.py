@@ -39,7 +39,7 @@ class Caller:
 def _query(request: Request) -> dict[str, str]:
     """``model`` and ``version`` from the query string of /run_model and /jobs (400 when
     repeated or empty); other parameters are ignored, as before they were read."""
-    _, _, query = request.url.partition(b"?")
+    query = request.url.partition(b"?")[2]
     found: dict[str, str] = {}
     for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
         if key not in ("model", "version"):
