@@ -2,7 +2,7 @@
 """The whole front door (edge + orchestrator, HTTPS) against HAProxy alone with TLS, same 8
 backends; the plain-HTTP comparison of bench/orchestrator_vs_haproxy in the same run.
 
-For each service time (1, 5, 20 ms) one `onnxfleet sim-backend` process serves 8 fake
+For each service time (1, 5, 20 ms) one `python -m tests.simbackend` process serves 8 fake
 containers, and four paths lead to them:
 
 - ``haproxy``: HAProxy alone, plain HTTP, `balance leastconn`, `maxconn 1` per server

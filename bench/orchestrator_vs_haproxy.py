@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The same closed-loop load through the orchestrator and through HAProxy, same 8 backends.
 
-For each service time (1, 5, 20 ms) one `onnxfleet sim-backend` process serves 8 fake
+For each service time (1, 5, 20 ms) one `python -m tests.simbackend` process serves 8 fake
 containers; `wrk` (one thread, ``--connections`` keep-alive clients, POST with a small JSON
 body) drives the orchestrator, then HAProxy (`balance leastconn`, `maxconn 1` per server,
 `timeout queue`, keep-alive to the servers, one thread like the orchestrator's one
@@ -114,9 +114,10 @@ def measure(service_ms: float, args: argparse.Namespace, work: Path, script: Pat
     control = free_port()
     listen = [arg for p in ports for arg in ("--listen", f"127.0.0.1:{p}")]
     sim = Service(
-        ["sim-backend", *listen, "--control", f"127.0.0.1:{control}", "--service-ms", str(service_ms)],
+        [*listen, "--control", f"127.0.0.1:{control}", "--service-ms", str(service_ms)],
         control,
         ready_path="/stats",
+        module="tests.simbackend",
     )
     routes = work / "routes.json"
     containers = [

@@ -47,7 +47,8 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 
 
 class Service:
-    """``python -m onnxfleet <args>`` as a real process; its output goes to a log file.
+    """``python -m <module> <args>`` (``onnxfleet`` unless told) as a real process; its
+    output goes to a log file.
 
     Use as a context manager: entering waits until ``ready_path`` answers 200.
     """
@@ -59,11 +60,17 @@ class Service:
         ready_path: str = "/readyz",
         env: dict[str, str] | None = None,
         ready_timeout: float = 60.0,
+        *,
+        module: str = "onnxfleet",
     ) -> None:
         self.args = list(args)
+        self.module = module
+        self.name = self.args[0] if module == "onnxfleet" else module
         self.port = port
         self.ready_path = ready_path
         self.env = {**os.environ, **(env or {})}
+        if module != "onnxfleet":  # a module of this checkout (tests.simbackend): importable from anywhere
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), self.env.get("PYTHONPATH")]))
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="onnxfleet-", suffix=".log", delete=False)  # noqa: SIM115
@@ -74,7 +81,7 @@ class Service:
 
     def start(self) -> Service:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "onnxfleet", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -86,13 +93,11 @@ class Service:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.args[0]} exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
-                )
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             if http_status(self.url + self.ready_path, timeout=1.0) == 200:
                 return self
             time.sleep(0.1)
-        raise TimeoutError(f"{self.args[0]} not ready after {self.ready_timeout}s:\n{self.log()[-3000:]}")
+        raise TimeoutError(f"{self.name} not ready after {self.ready_timeout}s:\n{self.log()[-3000:]}")
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -18,7 +18,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "healthcheck": ("onnxfleet.healthcheck", "exit 0 when a service answers ready (Docker HEALTHCHECK)"),
     "worker": ("onnxfleet.worker.cli", "serve one ONNX model over HTTP (Flask, gunicorn, onnxruntime)"),
     "orchestrator": ("onnxfleet.orchestrator.cli", "the fleet's queueing front door (one gunicorn worker)"),
-    "sim-backend": ("onnxfleet.simbackend", "fake model containers with a fixed service time (tests, bench)"),
     "load": ("onnxfleet.load.cli", "send requests with K concurrent workers; summarise latency, errors"),
 }
 

@@ -54,7 +54,6 @@ class SimFleet:
         listen = [arg for port in self.ports for arg in ("--listen", f"127.0.0.1:{port}")]
         self.service = Service(
             [
-                "sim-backend",
                 *listen,
                 "--control",
                 f"127.0.0.1:{self.control}",
@@ -64,6 +63,7 @@ class SimFleet:
             ],
             self.control,
             ready_path="/stats",
+            module="tests.simbackend",
         )
 
     def url(self, index: int) -> str:

@@ -100,6 +100,7 @@ class Fleet:
     def __init__(self, specs: list[ContainerSpec], retries: int = 2, upstream_timeout: float = 5.0) -> None:
         self.dispatcher = Dispatcher(QueueSpec(max_length=10, timeout_s=10), Roster())
         self.forwarder = Forwarder(self.dispatcher, upstream_timeout, retries)
+        self.dispatcher.start = self.forwarder.send  # (as the model's pool wires them)
         self.dispatcher.apply(specs, self.dispatcher.queue_spec)
         for c in self.dispatcher.containers:
             c.record_check(True, 1, 1)

@@ -204,14 +204,14 @@ def test_configure_says_on_or_off_and_why(caplog: pytest.LogCaptureFixture) -> N
         h = Harness()
         caplog.set_level(logging.INFO, "onnxfleet.orchestrator")
         caplog.clear()
-        h.batcher.configure(ECHO, None)
+        h.configure(ECHO, None)
         assert h.dispatcher.batcher is None
         assert h.batcher.model is None
         off = [r for r in caplog.records if r.getMessage() == "batching off"]
         assert [r.reason for r in off] == ["the routing table has no batching object"]  # type: ignore[attr-defined]
         assert h.batcher.status() == {"enabled": False, "reason": "the routing table has no batching object"}
         caplog.clear()
-        h.batcher.configure(ECHO, BatchingSpec(4))
+        h.configure(ECHO, BatchingSpec(4))
         on = [r for r in caplog.records if r.getMessage() == "batching on"]
         assert len(on) == 1
         assert on[0].batching == h.batcher.status()  # type: ignore[attr-defined]
@@ -443,7 +443,7 @@ def test_merged_oip_requests_are_split_with_the_models_signature(caplog: pytest.
 def test_status_says_what_the_batcher_does_with_its_settings_rounded() -> None:
     async def main() -> None:
         h = Harness()
-        h.batcher.configure(ECHO, BatchingSpec(6, 0.0012345))
+        h.configure(ECHO, BatchingSpec(6, 0.0012345))
         h.batcher._count(4, None, 5)
         h.batcher._count(1, None, 1)
         h.batcher._count(1, None, 1)

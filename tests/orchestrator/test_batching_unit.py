@@ -22,13 +22,20 @@ from onnxfleet.orchestrator.errors import GatewayTimeout, HTTPError
 from onnxfleet.orchestrator.exchange import Batch, Exchange, Forwarder
 from onnxfleet.orchestrator.forward import request_bytes
 from onnxfleet.orchestrator.merging import INFER, RUN_MODEL, Part, merged_request, read, split
+from onnxfleet.orchestrator.messages import Request
 from onnxfleet.orchestrator.roster import Container, Roster
-from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec, RoutesError, parse_table
-from onnxfleet.orchestrator.server import Request
+from onnxfleet.orchestrator.routes import (
+    BatchingSpec,
+    ContainerSpec,
+    ModelSpec,
+    QueueSpec,
+    RoutesError,
+    parse_table,
+)
 from onnxfleet.orchestrator.upstream import ClosedBeforeResponse, Response
-from onnxfleet.simbackend import ECHO_MODEL, EchoModel
 from tests.orchestrator.batch_support import FORMATS, client_request
 from tests.orchestrator.scripted import until
+from tests.simbackend import ECHO_MODEL, EchoModel
 
 CONTAINERS = [{"name": "a/0", "url": "http://a:1", "node": "a"}]
 ECHO = parse_table({"containers": CONTAINERS, "model": ECHO_MODEL, "batching": {}}).model
@@ -104,13 +111,15 @@ def test_a_model_without_a_batch_dimension_may_have_fixed_shapes_and_is_never_ba
     async def main() -> None:
         d = Dispatcher(QueueSpec(), Roster())
         batcher = Batcher(d, Forwarder(d, 60.0, 2), 1 << 20)
-        batcher.configure(table.model, table.batching)
-        assert d.batcher is None
+        assert not batcher.configure(table.model, table.batching)
         assert batcher.status() == {
             "enabled": False,
             "reason": "model 'echo' does not say its first dimension is a batch (batch: false)",
         }
-        batcher.configure(ECHO, table.batching)
+        assert batcher.configure(ECHO, table.batching)
+        # no part sets another's: the dispatcher's owner gives it its batcher (pool.py)
+        assert d.batcher is None
+        d.use_batcher(batcher)
         assert d.batcher is batcher
         assert batcher.status()["enabled"]
 
@@ -289,7 +298,7 @@ class Harness:
             }
         )
         d.apply(table.containers, d.queue_spec)
-        self.batcher.configure(table.model, table.batching)
+        self.configure(table.model, table.batching)
         for c in d.containers:
             c.record_check(True, 1, 1)
         d.changed()
@@ -299,6 +308,10 @@ class Harness:
         self.answers: dict[int, Response | HTTPError] = {}
         self.values: dict[int, list[list[float]]] = {}
         self.bad: set[int] = set()
+
+    def configure(self, model: ModelSpec | None, spec: BatchingSpec | None) -> None:
+        """As the model's pool does on a table change (pool.py)."""
+        self.dispatcher.use_batcher(self.batcher if self.batcher.configure(model, spec) else None)
 
     def _start(self, ex: Exchange, c: Container) -> None:
         assert not ex.done
@@ -644,7 +657,7 @@ def test_which_requests_batching_may_merge_and_what_it_keeps_of_them() -> None:
             part(server_request("POST", "/run_model", [(b"content-type", b"a"), (b"content-type", b"b")]))
             is None
         )
-        h.batcher.configure(None, None)
+        h.configure(None, None)
         assert part(server_request("POST", "/run_model", [])) is None
 
     asyncio.run(main())

@@ -10,16 +10,9 @@ import re
 import pytest
 
 from onnxfleet.orchestrator.errors import HTTPError
-from onnxfleet.orchestrator.server import (
-    BodyBudget,
-    BodyLedger,
-    HTTPConnection,
-    HTTPServer,
-    Limits,
-    Reply,
-    Request,
-    Route,
-)
+from onnxfleet.orchestrator.limits import BodyBudget, BodyLedger, Limits
+from onnxfleet.orchestrator.messages import Reply, Request, Route
+from onnxfleet.orchestrator.server import HTTPConnection, HTTPServer
 from tests.orchestrator.test_connection_states_unit import Clock, Transport, receive, sweep
 
 KIB = 1024

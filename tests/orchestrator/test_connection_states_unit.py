@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from onnxfleet.orchestrator.server import HTTPConnection, HTTPServer, Limits, Reply, Request, Route
+from onnxfleet.orchestrator.limits import Limits
+from onnxfleet.orchestrator.messages import Reply, Request, Route
+from onnxfleet.orchestrator.server import HTTPConnection, HTTPServer
 
 
 class Clock:

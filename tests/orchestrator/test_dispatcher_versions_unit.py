@@ -15,7 +15,8 @@ from onnxfleet.orchestrator.forward import request_bytes
 from onnxfleet.orchestrator.health import HealthChecker
 from onnxfleet.orchestrator.merging import RUN_MODEL, Part
 from onnxfleet.orchestrator.pool import Figures
-from onnxfleet.orchestrator.routes import HealthSpec, QueueSpec
+from onnxfleet.orchestrator.routes import QueueSpec
+from onnxfleet.orchestrator.settings import HealthSpec
 from onnxfleet.orchestrator.upstream import Response
 from tests.orchestrator.test_dispatcher_unit import Harness, spec
 
@@ -173,7 +174,6 @@ def test_a_container_that_switches_version_takes_the_requests_waiting_for_it() -
         h.submit(pinned(h, "2"))
         waiting = h.submit(pinned(h, "2"))
         checker = HealthChecker(d, Forwarder(d, 60.0, 2), HealthSpec(rise=1, fall=1))
-        d.start = h._start  # (the forwarder took it: the harness records instead)
         b = d.roster.by_name["b/0"]
         checker.record(b, None, "1")  # the same version: nothing moves
         assert waiting.key is not None
@@ -189,7 +189,6 @@ def test_a_container_switching_version_while_down_is_recorded_and_the_queue_serv
         h = harness()
         d = h.dispatcher
         checker = HealthChecker(d, Forwarder(d, 60.0, 2), HealthSpec(rise=1, fall=1))
-        d.start = h._start
         a = d.roster.by_name["a/0"]
         checker.record(a, "down", None)
         assert not a.healthy
@@ -210,7 +209,6 @@ def test_an_answer_naming_a_new_version_reaches_the_queue() -> None:
         d = h.dispatcher
         figures = Figures()
         forwarder = Forwarder(d, 60.0, 2, figures=figures)
-        d.start = h._start
         c = d.roster.by_name["c/0"]
         h.submit(pinned(h, "2"))  # c/0 busy
         waiting = h.submit(pinned(h, "2"))

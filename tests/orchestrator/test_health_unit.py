@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from onnxfleet.orchestrator.routes import ContainerSpec, HealthSpec
+from onnxfleet.orchestrator.routes import ContainerSpec
+from onnxfleet.orchestrator.settings import HealthSpec
 from tests.orchestrator.scripted import Fleet, Scripted, answer_ok, read_request, run, until
 from tests.support import free_port
 

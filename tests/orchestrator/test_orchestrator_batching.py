@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnxfleet.simbackend import ECHO_MODEL
 from tests.metrics_support import naming_problems
 from tests.orchestrator.batch_support import FORMATS, Answer, client_request, post
 from tests.orchestrator.inproc import InProcess, in_process
 from tests.orchestrator.orch_support import SimFleet, call, raw_request, read_answer, wait_for
+from tests.simbackend import ECHO_MODEL
 
 SERVICE_MS = 100.0
 

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from onnxfleet.orchestrator.errors import HTTPError
+from onnxfleet.orchestrator.messages import Reply, Request
 from onnxfleet.orchestrator.router import Router
-from onnxfleet.orchestrator.server import Reply, Request
 from tests.orchestrator.inproc import in_process
 from tests.orchestrator.orch_support import (
     SimFleet,

@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
+from onnxfleet.orchestrator.batching import Batcher
+from onnxfleet.orchestrator.dispatcher import Dispatcher
 from onnxfleet.orchestrator.errors import HTTPError
-from onnxfleet.orchestrator.exchange import Exchange
+from onnxfleet.orchestrator.exchange import Exchange, Forwarder
 from onnxfleet.orchestrator.pool import ModelPool, Models, PoolLimits
-from onnxfleet.orchestrator.roster import Container
-from onnxfleet.orchestrator.routes import parse_table
+from onnxfleet.orchestrator.roster import Container, Roster
+from onnxfleet.orchestrator.routes import QueueSpec, parse_table
 
 
 def table(*models: tuple[str, list[str], int]) -> Any:
@@ -178,3 +180,19 @@ def test_answers_reach_the_canary_with_422_and_5xx_as_errors() -> None:
             ex.response = type("R", (), {"header": staticmethod(lambda name: "7"), "status": status})()
         pool.finished(ex, status)
     assert recorded == [("7", True), ("7", True), ("7", False), ("7", False), ("7", False)]
+
+
+def test_the_pool_wires_its_parts_and_no_part_sets_another() -> None:
+    """The forwarder and the batcher leave the dispatcher alone; the pool gives it both."""
+
+    async def main() -> None:
+        d = Dispatcher(QueueSpec(), Roster())
+        forwarder = Forwarder(d, 60.0, 2)
+        Batcher(d, forwarder, 1 << 20)
+        assert not hasattr(d, "start")
+        assert d.batcher is None
+        models = Models(table(("digits", ["a/0"], 5)), PoolLimits())
+        pool = models.default
+        assert pool.dispatcher.start == pool.forwarder.send
+
+    asyncio.run(main())

@@ -6,36 +6,52 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from onnxfleet.orchestrator.canary import CanarySpec
 from onnxfleet.orchestrator.errors import BadRequest, HTTPError, NotFound
+from onnxfleet.orchestrator.messages import Reply, Request, json_reply
 from onnxfleet.orchestrator.pool import ModelPool, wait_idle
 from onnxfleet.orchestrator.roster import Container
 from onnxfleet.orchestrator.routes import RoutesError, load_table
-from onnxfleet.orchestrator.server import Reply, Request, json_reply
 from onnxfleet.orchestrator.tokens import Tokens, TokensError, load_tokens
 
 if TYPE_CHECKING:
-    from onnxfleet.orchestrator.app import Orchestrator
+    from onnxfleet.orchestrator.guards import Guards
+    from onnxfleet.orchestrator.pool import Models
+    from onnxfleet.orchestrator.settings import Settings
+    from onnxfleet.orchestrator.state import DrainState
+
+# answers a request when the work is done (Orchestrator.later)
+Later = Callable[[Request, Coroutine[Any, Any, Reply]], None]
 
 log = logging.getLogger("onnxfleet.orchestrator")
 
 
 class Admin:
-    def __init__(self, orchestrator: Orchestrator) -> None:
-        self.o = orchestrator
+    """The admin API's handlers: it changes the pools (``Models``), the drain flags and,
+    through the guards, the client tokens; nothing else."""
+
+    def __init__(
+        self, settings: Settings, models: Models, drains: DrainState, guards: Guards, later: Later
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.drains = drains
+        self.guards = guards
+        self.later = later
 
     def reload_files(self) -> dict[str, Any]:
         """Re-read the routing table and the tokens file; raises (and keeps both) when either is bad."""
-        o = self.o
-        table = load_table(o.settings.routes_path, o.settings.health_defaults)
-        tokens = o.tokens
-        if o.settings.api_tokens_path is not None:
-            tokens = Tokens(load_tokens(o.settings.api_tokens_path), o.tokens.raw_token)
-        changes = o.models.apply(table, o.drains.drained)
-        o.table, o.tokens = table, tokens
+        settings = self.settings
+        table = load_table(settings.routes_path, settings.health_defaults)
+        tokens = self.guards.tokens
+        if settings.api_tokens_path is not None:
+            tokens = Tokens(load_tokens(settings.api_tokens_path), tokens.raw_token)
+        changes = self.models.apply(table, self.drains.drained)
+        self.guards.use_tokens(tokens)
         log.info("routing table reloaded", extra={**changes, "api_tokens": len(tokens.hashed)})
         return {
             **changes,
@@ -54,15 +70,15 @@ class Admin:
 
     def refresh(self) -> None:
         """Drain flags changed by another process on the same state directory: apply them."""
-        if self.o.drains.refresh():
+        if self.drains.refresh():
             self._apply_flags()
 
     def _apply_flags(self) -> None:
-        drained = self.o.drains.drained
-        for c in self.o.models.containers():
+        drained = self.drains.drained
+        for c in self.models.containers():
             if not c.removed:
                 c.draining = drained(c.name, c.node)
-        self.o.models.changed()
+        self.models.changed()
 
     def _selection(self, request: Request) -> tuple[dict[str, Any], str | None, list[Container]]:
         expected = 'expected a JSON object {"node": NAME} or {"container": NAME}'
@@ -75,7 +91,7 @@ class Admin:
         key = "node" if "node" in body else "container"
         if not isinstance(body[key], str):
             raise BadRequest(f"{key}: expected a string")
-        selected = self.o.models.select(**{key: body[key]})
+        selected = self.models.select(**{key: body[key]})
         if not selected:
             raise NotFound(f"no {key} named '{body[key]}' in the routing table")
         return body, body[key] if key == "node" else None, selected
@@ -89,12 +105,12 @@ class Admin:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
             raise BadRequest("timeout_s: expected a number of seconds in (0, 86400]")
         names = [c.name for c in selected]
-        self.o.drains.drain(node, names)
+        self.drains.drain(node, names)
         self._apply_flags()
         log.info("draining %s", names, extra={"containers": names})
         if not wait:
             return self._drained(selected)
-        self.o.later(request, self._wait_drained(selected, timeout))
+        self.later(request, self._wait_drained(selected, timeout))
         return None
 
     async def _wait_drained(self, selected: list[Container], timeout: float) -> Reply:
@@ -124,15 +140,15 @@ class Admin:
         _, node, selected = self._selection(request)
         names = [c.name for c in selected]
         nodes = {c.node for c in selected}
-        siblings = {n: [c.name for c in self.o.models.select(node=n)] for n in nodes}
-        self.o.drains.ready(node, names, siblings)
+        siblings = {n: [c.name for c in self.models.select(node=n)] for n in nodes}
+        self.drains.ready(node, names, siblings)
         self._apply_flags()
         log.info("back in service: %s", names, extra={"containers": names})
         return json_reply({"containers": names, "states": {c.name: c.state for c in selected}})
 
     # -- canary ---------------------------------------------------------------------------
     def _pool(self, name: object) -> ModelPool:
-        models = self.o.models
+        models = self.models
         if name is None:
             return models.default
         pool = models.pools.get(name) if isinstance(name, str) else None

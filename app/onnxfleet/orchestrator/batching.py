@@ -48,8 +48,8 @@ from onnxfleet.orchestrator.routes import BatchingSpec, ModelSpec
 
 if TYPE_CHECKING:
     from onnxfleet.orchestrator.dispatcher import Dispatcher
+    from onnxfleet.orchestrator.messages import Request
     from onnxfleet.orchestrator.roster import Container
-    from onnxfleet.orchestrator.server import Request
 
 log = logging.getLogger("onnxfleet.orchestrator")
 
@@ -94,14 +94,16 @@ class Batcher:
         self.spec = BatchingSpec()
         self.off_reason = "the routing table has no batching object"
         self.flush_timer: asyncio.TimerHandle | None = None
+        self.enabled = False
         self.sizes = LeanHistogram(f"{PREFIX}_batch_size", _SIZES_HELP, _SIZES)
         self.rows = 0
         self.resent_singly = 0
         self.mean = 0.0
 
     # -- configuration ------------------------------------------------------------------------
-    def configure(self, model: ModelSpec | None, spec: BatchingSpec | None) -> None:
-        """On when the table asks for it and the model's first dimension is a batch."""
+    def configure(self, model: ModelSpec | None, spec: BatchingSpec | None) -> bool:
+        """On when the table asks for it and the model's first dimension is a batch. The
+        dispatcher's owner gives it this batcher while on, and flushes it when off (pool.py)."""
         if spec is None or model is None:
             self.off_reason = "the routing table has no batching object"
             enabled = False
@@ -113,19 +115,15 @@ class Batcher:
         else:
             self.model, self.spec = model, spec
             enabled = True
-        self.dispatcher.batcher = self if enabled else None
+        self.enabled = enabled
         if not enabled:
             self.model = None
-            self.flush()
         log.info(
             "batching %s",
             "on" if enabled else "off",
             extra={"batching": self.status()} if enabled else {"reason": self.off_reason},
         )
-
-    @property
-    def enabled(self) -> bool:
-        return self.dispatcher.batcher is self
+        return enabled
 
     def part(self, request: Request, job: bool = False) -> Part | None:
         """What a request arriving on an inference route is for batching (None: never merged)."""
@@ -272,9 +270,8 @@ class Batcher:
         self.mean = requests if self.mean == 0.0 else self.mean + _ALPHA * (requests - self.mean)
 
     # -- the end of a batch -------------------------------------------------------------------
-    def ended(self, ex: Exchange) -> None:
+    def ended(self, ex: Batch) -> None:
         """The batch's outcome, member by member."""
-        assert isinstance(ex, Batch)
         members = ex.members
         response = ex.response
         if response is None:

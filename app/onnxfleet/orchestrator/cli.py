@@ -10,16 +10,42 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from onnxfleet.orchestrator.limits import Limits
+from onnxfleet.orchestrator.settings import HealthSpec, Settings
 
 if TYPE_CHECKING:
-    from onnxfleet.orchestrator.app import Settings
-    from onnxfleet.orchestrator.routes import HealthSpec, RoutingTable
-    from onnxfleet.orchestrator.server import Limits
+    from onnxfleet.orchestrator.routes import RoutingTable
     from onnxfleet.orchestrator.tokens import Tokens
 
 DEFAULT_BIND = "127.0.0.1:8000"
+_HEALTH = HealthSpec()
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _positive(kind: Callable[[str], _Number]) -> Callable[[str], _Number]:
+    """An argparse type: a number > 0."""
+
+    def parse(text: str) -> _Number:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a value > 0, got {value}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid value" message
+    return parse
+
+
+def _at_least_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a value >= 0, got {value}")
+    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -52,49 +78,52 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--upstream-timeout",
-        type=float,
-        default=60.0,
+        type=_positive(float),
+        default=Settings.upstream_timeout_s,
         metavar="S",
         help="seconds a container may take to answer before 504 (default: %(default)s)",
     )
     parser.add_argument(
         "--retries",
-        type=int,
-        default=2,
+        type=_at_least_zero,
+        default=Settings.retries,
         help="re-sends to another container of a request that got no answer byte (default: %(default)s)",
     )
     parser.add_argument(
         "--job-ttl",
-        type=float,
-        default=300.0,
+        type=_positive(float),
+        default=Settings.job_ttl_s,
         metavar="S",
         help="seconds the results of /jobs are kept (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-jobs", type=int, default=1000, help="jobs stored at most (default: %(default)s)"
+        "--max-jobs",
+        type=_positive(int),
+        default=Settings.max_jobs,
+        help="jobs stored at most (default: %(default)s)",
     )
     parser.add_argument(
         "--max-job-bytes",
-        type=int,
-        default=256 * 1024 * 1024,
+        type=_positive(int),
+        default=Settings.max_job_bytes,
         help="bytes of requests and results the job store holds at most (default: %(default)s)",
     )
     parser.add_argument(
         "--max-body-bytes",
-        type=int,
-        default=8 * 1024 * 1024,
+        type=_positive(int),
+        default=Settings.max_body_bytes,
         help="request body limit, as the workers' (default: %(default)s)",
     )
     parser.add_argument(
         "--max-queue-bytes",
-        type=int,
-        default=64 * 1024 * 1024,
+        type=_positive(int),
+        default=Settings.max_queue_bytes,
         help="request bytes the queue holds at most; more: 429 (default: %(default)s)",
     )
     parser.add_argument(
         "--max-connections",
-        type=int,
-        default=1000,
+        type=_positive(int),
+        default=Limits.max_connections,
         help="open client connections at most (default: %(default)s)",
     )
     parser.add_argument(
@@ -103,34 +132,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="request body bytes all connections hold at once, beyond 64 KiB each (bodies being "
         "read, read ahead, or waiting for their answer); more: 503 busy "
-        "(default: 268435456, or --max-body-bytes if larger)",
+        f"(default: {Limits.max_connection_bytes}, or --max-body-bytes if larger)",
     )
     parser.add_argument(
         "--head-timeout",
-        type=float,
-        default=10.0,
+        type=_positive(float),
+        default=Limits.head_timeout_s,
         metavar="S",
         help="to send a request head (default: %(default)s)",
     )
     parser.add_argument(
         "--body-timeout",
-        type=float,
-        default=60.0,
+        type=_positive(float),
+        default=Limits.body_timeout_s,
         metavar="S",
         help="to send a whole request body, from the end of its head (default: %(default)s)",
     )
     parser.add_argument(
         "--send-timeout",
-        type=float,
-        default=30.0,
+        type=_positive(float),
+        default=Limits.send_timeout_s,
         metavar="S",
         help="a client that leaves more than 64 KiB of answers unread (or unsent at a close) "
         "this long is reset (default: %(default)s)",
     )
     parser.add_argument(
         "--keep-alive",
-        type=float,
-        default=75.0,
+        type=_positive(float),
+        default=Limits.keep_alive_s,
         metavar="S",
         help="idle connection lifetime (default: %(default)s)",
     )
@@ -141,14 +170,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "where /admin is served): refused otherwise",
     )
     parser.add_argument(
-        "--health-interval", type=float, default=1.0, metavar="S", help="default: %(default)s"
+        "--health-interval",
+        type=_positive(float),
+        default=_HEALTH.interval_s,
+        metavar="S",
+        help="default: %(default)s",
     )
-    parser.add_argument("--health-timeout", type=float, default=1.0, metavar="S", help="default: %(default)s")
     parser.add_argument(
-        "--health-fall", type=int, default=2, help="failed checks to mark down (default: %(default)s)"
+        "--health-timeout",
+        type=_positive(float),
+        default=_HEALTH.timeout_s,
+        metavar="S",
+        help="default: %(default)s",
     )
     parser.add_argument(
-        "--health-rise", type=int, default=2, help="passed checks to mark up (default: %(default)s)"
+        "--health-fall",
+        type=_positive(int),
+        default=_HEALTH.fall,
+        help="failed checks to mark down (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--health-rise",
+        type=_positive(int),
+        default=_HEALTH.rise,
+        help="passed checks to mark up (default: %(default)s)",
     )
     parser.add_argument(
         "--no-access-log", dest="access_log", action="store_false", help="no JSON line per request"
@@ -201,11 +246,6 @@ def _check_exposure(args: argparse.Namespace, api_tokens: bool, admin_token: boo
             )
 
 
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name}: expected a value > 0, got {value}")
-
-
 class _Files:
     """The routing table and tokens the next worker starts with: read again by the arbiter on SIGHUP."""
 
@@ -232,39 +272,17 @@ class _Files:
 
 def load(args: argparse.Namespace) -> tuple[Settings, Limits, _Files]:
     """What the command line asks for, checked (raises RoutesError, TokensError, ValueError, OSError)."""
-    from onnxfleet.orchestrator.app import Settings
-    from onnxfleet.orchestrator.routes import HealthSpec, load_table
-    from onnxfleet.orchestrator.server import Limits
+    from onnxfleet.orchestrator.routes import load_table
     from onnxfleet.orchestrator.tokens import Tokens, load_tokens
 
-    for name in (
-        "--upstream-timeout",
-        "--job-ttl",
-        "--health-interval",
-        "--health-timeout",
-        "--max-jobs",
-        "--max-job-bytes",
-        "--max-body-bytes",
-        "--max-queue-bytes",
-        "--max-connections",
-        "--head-timeout",
-        "--body-timeout",
-        "--send-timeout",
-        "--keep-alive",
-        "--health-fall",
-        "--health-rise",
-    ):
-        _positive(name, getattr(args, name[2:].replace("-", "_")))
     connection_bytes = args.max_connection_bytes
     if connection_bytes is None:
-        connection_bytes = max(256 * 1024 * 1024, args.max_body_bytes)
+        connection_bytes = max(Limits.max_connection_bytes, args.max_body_bytes)
     elif connection_bytes < args.max_body_bytes:  # the largest body allowed would never fit
         raise ValueError(
             f"--max-connection-bytes: expected at least --max-body-bytes ({args.max_body_bytes}), "
             f"got {connection_bytes}"
         )
-    if args.retries < 0:
-        raise ValueError(f"--retries: expected a value >= 0, got {args.retries}")
     health = HealthSpec(
         interval_s=args.health_interval,
         timeout_s=args.health_timeout,

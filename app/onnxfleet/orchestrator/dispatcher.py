@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from onnxfleet.orchestrator.errors import HTTPError, NoContainer, QueueFull, QueueTimeout
-from onnxfleet.orchestrator.exchange import Batch, Exchange
+from onnxfleet.orchestrator.exchange import Exchange
 from onnxfleet.orchestrator.roster import Container, Drained, Roster
 from onnxfleet.orchestrator.routes import ContainerSpec, QueueSpec
 
@@ -40,7 +40,10 @@ if TYPE_CHECKING:
 
 
 class Dispatcher:
-    # starts an exchange on a container once it holds a slot (the forwarder sets it)
+    """One model's slots and queue. Its two collaborators are given by its owner (the
+    model's pool, pool.py): ``start``, which sends an exchange once it holds a slot (the
+    forwarder's ``send``), and its batcher while batching is on (``use_batcher``)."""
+
     start: Callable[[Exchange, Container], None]
 
     def __init__(self, queue: QueueSpec, roster: Roster, max_queue_bytes: int = 64 * 1024 * 1024) -> None:
@@ -55,8 +58,14 @@ class Dispatcher:
         self._rr = 0
         self.service_ewma_s = 0.0  # recent service time, for Retry-After estimates
         self.rejected: dict[str, int] = {}
-        self.batcher: Batcher | None = None  # set while batching is on (batching.py)
+        self.batcher: Batcher | None = None  # while batching is on
         self.pinned = 0  # queued requests pinned to a version
+
+    def use_batcher(self, batcher: Batcher | None) -> None:
+        """Batching on (with ``batcher``) or off (None): what waited for company goes now."""
+        previous, self.batcher = self.batcher, batcher
+        if batcher is None and previous is not None:
+            previous.flush()
 
     # -- choosing a slot ------------------------------------------------------------------
     def _pick(
@@ -142,11 +151,6 @@ class Dispatcher:
 
         ``priority`` puts a re-sent request at the head of the queue (it waited its turn).
         """
-        if isinstance(ex, Batch):  # sent again: its members wait again, at the head, in order
-            for m in ex.members:
-                m.attempts, m.ejected = ex.attempts, ex.ejected
-            self.requeue(ex.members)
-            return
         batcher = self.batcher if ex.part is not None else None
         version = ex.version
         # (with only pinned requests queued a free container may be left that this one may

@@ -2,7 +2,8 @@
 
 Every refusal is ``{"error": "<what was wrong, what was expected>", "code": "<snake_case>"}``
 plus optional fields (``retry_after``, ``container``...), as OIP clients read
-``body["error"]`` (docs/design.md). Never a ``repr()`` or a library's raw message.
+``body["error"]`` (docs/design.md): the worker's envelope (``oip.errors.envelope``).
+Never a ``repr()`` or a library's raw message.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from onnxfleet.oip.errors import envelope
+
 Headers = list[tuple[bytes, bytes]]
 JSON_TYPE = b"application/json"
-
-
-def envelope(code: str, message: str, **extra: Any) -> bytes:
-    return json.dumps({"error": message, "code": code, **extra}).encode()
 
 
 class HTTPError(Exception):
@@ -47,8 +46,10 @@ class HTTPError(Exception):
 
     def body(self) -> bytes:
         if self.retry_after is not None:
-            return envelope(self.code, self.message, retry_after=self.retry_after, **self.extra)
-        return envelope(self.code, self.message, **self.extra)
+            return json.dumps(
+                envelope(self.message, self.code, retry_after=self.retry_after, **self.extra)
+            ).encode()
+        return json.dumps(envelope(self.message, self.code, **self.extra)).encode()
 
     def all_headers(self) -> Headers:
         headers = [(b"Content-Type", JSON_TYPE), *self.headers]

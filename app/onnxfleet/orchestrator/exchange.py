@@ -97,6 +97,19 @@ class Exchange:
         """Client requests this call carries."""
         return 1
 
+    def send_again(self, dispatcher: Dispatcher, avoid: Container | None) -> int:
+        """At the head of the queue again (``avoid``: to another container than that one,
+        alone; exchange.py's docstring); the requests counted as re-sent."""
+        if avoid is not None:
+            self.avoid = avoid
+            if self.part is not None:
+                self.part.alone()
+        try:
+            dispatcher.submit(self, priority=True)
+        except HTTPError as exc:
+            self.finish(None, exc)
+        return 1
+
     def finish(self, response: Response | None, error: HTTPError | None) -> None:
         """The outcome for the client (once; later calls change nothing)."""
         on_done = self._end()
@@ -128,14 +141,14 @@ def _ignore(_ex: Exchange) -> None:
 
 class Batch(Exchange):
     """Queued requests merged into one container call (batching.py): one slot, one answer
-    that ``on_done`` splits for its members."""
+    that ``ended`` splits for its members."""
 
     __slots__ = ("members", "parts")
 
     def __init__(
-        self, data: bytes, members: list[Exchange], parts: list[Part], on_done: Callable[[Exchange], None]
+        self, data: bytes, members: list[Exchange], parts: list[Part], ended: Callable[[Batch], None]
     ) -> None:
-        super().__init__(data, None, on_done)
+        super().__init__(data, None, lambda _ex: ended(self))
         self.members = members
         self.parts = parts  # kept here: a member that ends drops its own
         self.attempts = max(m.attempts for m in members)  # re-sends left: the fewest of its members'
@@ -144,6 +157,21 @@ class Batch(Exchange):
     @property
     def requests(self) -> int:
         return len(self.members)
+
+    def send_again(self, dispatcher: Dispatcher, avoid: Container | None) -> int:
+        """Its members go again, at the head of the queue, in order, with the batch's re-send
+        count (``avoid``: each alone, to another container than that one)."""
+        for m in self.members:
+            m.attempts = self.attempts
+            if avoid is None:
+                m.ejected = self.ejected
+            else:
+                m.avoid = avoid
+                if m.part is not None:
+                    m.part.alone()
+        again = [m for m in self.members if not m.done]
+        dispatcher.requeue(again)
+        return 1 if avoid is None else len(again)
 
 
 def _broken(c: Container, error: UpstreamError) -> str:
@@ -167,7 +195,6 @@ class Forwarder:
         self.retries = retries
         self.retried = 0
         self.connecting: set[asyncio.Task[None]] = set()
-        dispatcher.start = self.send
 
     def _connect_then_send(self, ex: Exchange, c: Container) -> None:
         task = asyncio.get_running_loop().create_task(self._connect_and_send(ex, c))
@@ -306,22 +333,7 @@ class Forwarder:
         if ex.timer is not None:  # the deadline timer: armed again when it is sent
             ex.timer.cancel()
             ex.timer = None
-        if avoid:
-            again = ex.members if isinstance(ex, Batch) else [ex]
-            for m in again:
-                m.avoid, m.attempts = c, ex.attempts
-                if m.part is not None:
-                    m.part.alone()
-            if isinstance(ex, Batch):
-                again = [m for m in again if not m.done]
-                self.retried += len(again)
-                self.dispatcher.requeue(again)
-                return
-        self.retried += 1
-        try:
-            self.dispatcher.submit(ex, priority=True)
-        except HTTPError as exc:
-            ex.finish(None, exc)
+        self.retried += ex.send_again(self.dispatcher, c if avoid else None)
 
     def abandon(self, c: Container, reason: str) -> None:
         """``c`` failed its health checks: its requests still without an answer byte go elsewhere.

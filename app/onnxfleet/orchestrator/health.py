@@ -15,7 +15,7 @@ import logging
 from onnxfleet.orchestrator.dispatcher import Dispatcher
 from onnxfleet.orchestrator.exchange import Forwarder
 from onnxfleet.orchestrator.roster import Container
-from onnxfleet.orchestrator.routes import HealthSpec
+from onnxfleet.orchestrator.settings import HealthSpec
 from onnxfleet.orchestrator.upstream import Pool, UpstreamError
 
 log = logging.getLogger("onnxfleet.orchestrator.health")

@@ -9,42 +9,59 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from onnxfleet.orchestrator.server import Reply, Request, json_reply
+from onnxfleet.orchestrator.messages import Reply, Request, json_reply
 
 if TYPE_CHECKING:
-    from onnxfleet.orchestrator.app import Orchestrator
     from onnxfleet.orchestrator.dispatcher import Dispatcher
-    from onnxfleet.orchestrator.pool import ModelPool
+    from onnxfleet.orchestrator.history import History
+    from onnxfleet.orchestrator.jobs import JobStore
+    from onnxfleet.orchestrator.limits import BodyBudget
+    from onnxfleet.orchestrator.metrics import Metrics
+    from onnxfleet.orchestrator.pool import ModelPool, Models
 
 _METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
 class Observe:
-    def __init__(self, orchestrator: Orchestrator) -> None:
-        self.o = orchestrator
+    """The handlers that tell about the fleet: they read the parts, and change none."""
+
+    def __init__(
+        self,
+        models: Models,
+        metrics: Metrics,
+        jobs: JobStore,
+        history: History,
+        body_budget: BodyBudget | None = None,
+    ) -> None:
+        self.models = models
+        self.metrics = metrics
+        self.jobs = jobs
+        self.history = history
+        self.body_budget = body_budget  # the HTTP servers' (None: no server, as in unit tests)
+        self.started = time.time()
 
     def status(self) -> dict[str, Any]:
         """The fleet: every model (its versions, queue, containers), and the totals. The
         top-level ``queue``, ``service_time_ms`` and ``batching`` are the default model's."""
-        o = self.o
-        d = o.dispatcher
-        pools = list(o.models)
+        models = self.models
+        d = models.default.dispatcher
+        pools = list(models)
         containers = [(pool, c) for pool in pools for c in pool.containers]
-        by_code = o.metrics.totals()
+        by_code = self.metrics.totals()
         rejected: dict[str, int] = {}
         for pool in pools:
             for code, count in pool.dispatcher.rejected.items():
                 rejected[code] = rejected.get(code, 0) + count
         return {
-            "ready": o.models.any_accepting(),
+            "ready": models.any_accepting(),
             "dispatching": d.dispatching,
             "pid": os.getpid(),
-            "default_model": o.models.default.name,
-            "models": [_model_status(pool, pool is o.models.default) for pool in pools],
+            "default_model": models.default.name,
+            "models": [_model_status(pool, pool is models.default) for pool in pools],
             "containers": [{**c.as_dict(), "model": pool.name} for pool, c in containers],
             "queue": _queue_status(d),
             "service_time_ms": round(d.service_ewma_s * 1000.0, 3),
-            "batching": o.batcher.status(),
+            "batching": models.default.batcher.status(),
             "totals": {
                 "answered": sum(by_code.values()),
                 "by_status": {str(k): v for k, v in sorted(by_code.items())},
@@ -55,38 +72,38 @@ class Observe:
                 "rejected": rejected,
             },
             "jobs": {
-                "stored": len(o.jobs.jobs),
-                "max": o.jobs.max_jobs,
-                "bytes": o.jobs.bytes,
-                "max_bytes": o.jobs.max_bytes,
+                "stored": len(self.jobs.jobs),
+                "max": self.jobs.max_jobs,
+                "bytes": self.jobs.bytes,
+                "max_bytes": self.jobs.max_bytes,
             },
             "request_bodies": None
-            if o.body_budget is None
+            if self.body_budget is None
             else {
-                "held": o.body_budget.held,
-                "drawn": o.body_budget.used,
-                "max": o.body_budget.capacity,
+                "held": self.body_budget.held,
+                "drawn": self.body_budget.used,
+                "max": self.body_budget.capacity,
             },
-            "history": o.history.view(),
-            "uptime_s": round(time.time() - o.started, 1),
+            "history": self.history.view(),
+            "uptime_s": round(time.time() - self.started, 1),
         }
 
     def get_status(self, _request: Request) -> Reply:
         return json_reply(self.status())
 
     def get_metrics(self, _request: Request) -> Reply:
-        return Reply(200, generate_latest(self.o.metrics.registry), [(b"Content-Type", _METRICS_TYPE)])
+        return Reply(200, generate_latest(self.metrics.registry), [(b"Content-Type", _METRICS_TYPE)])
 
     def healthz(self, _request: Request) -> Reply:
         return json_reply({"status": "alive"})
 
     def readyz(self, _request: Request) -> Reply:
-        ready = self.o.models.any_accepting()
+        ready = self.models.any_accepting()
         return json_reply(
             {
                 "status": "ready" if ready else "no ready container",
-                "ready_containers": sum(c.accepting for pool in self.o.models for c in pool.containers),
-                "dispatching": self.o.dispatcher.dispatching,
+                "ready_containers": sum(c.accepting for pool in self.models for c in pool.containers),
+                "dispatching": self.models.default.dispatcher.dispatching,
             },
             status=200 if ready else 503,
         )

@@ -24,7 +24,8 @@ from onnxfleet.orchestrator.exchange import Exchange, Forwarder
 from onnxfleet.orchestrator.health import HealthChecker
 from onnxfleet.orchestrator.metrics import Labels
 from onnxfleet.orchestrator.roster import Container, Drained, Roster
-from onnxfleet.orchestrator.routes import HealthSpec, ModelRoute, RoutingTable
+from onnxfleet.orchestrator.routes import BatchingSpec, ModelRoute, ModelSpec, RoutingTable
+from onnxfleet.orchestrator.settings import HealthSpec
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class ModelRemoved(HTTPError):
 
 
 class ModelPool:
-    """One model's serving parts, owned here and wired at construction."""
+    """One model's serving parts, owned and wired here: no part sets another's."""
 
     def __init__(self, route: ModelRoute, health: HealthSpec, limits: PoolLimits) -> None:
         self.route = route
@@ -126,6 +127,7 @@ class ModelPool:
         self.forwarder = Forwarder(
             self.dispatcher, limits.upstream_timeout_s, limits.retries, figures=self.figures
         )
+        self.dispatcher.start = self.forwarder.send
         self.batcher = Batcher(self.dispatcher, self.forwarder, limits.max_body_bytes)
         self.health = HealthChecker(self.dispatcher, self.forwarder, health)
         # the canary of this model, when one runs (canary.py): told every inference answer
@@ -150,7 +152,7 @@ class ModelPool:
         """Adopt this model's part of a routing table (its unchanged containers are untouched)."""
         self.route = route
         changes = self.dispatcher.apply(route.containers, route.queue, drained)
-        self.batcher.configure(route.model, route.batching)
+        self._batching(route.model, route.batching)
         self.health.sync(health)
         return changes
 
@@ -163,8 +165,11 @@ class ModelPool:
                 None, ModelRemoved(f"model {self.name!r} was removed from the routing table", retry_after=1)
             )
         removed = d.apply((), d.queue_spec)["removed"]
-        self.batcher.configure(None, None)
+        self._batching(None, None)
         return removed
+
+    def _batching(self, model: ModelSpec | None, spec: BatchingSpec | None) -> None:
+        self.dispatcher.use_batcher(self.batcher if self.batcher.configure(model, spec) else None)
 
     def versions(self) -> dict[str, list[Container]]:
         """The versions its containers said they serve, and which containers serve each."""
@@ -246,6 +251,7 @@ class Models:
 
     def __init__(self, table: RoutingTable, limits: PoolLimits) -> None:
         self.limits = limits
+        self.table = table  # in force: the last one applied
         self.health = table.health
         self.pools: dict[str, ModelPool] = {
             route.name: ModelPool(route, table.health, limits) for route in table.routes()
@@ -266,6 +272,7 @@ class Models:
 
     def apply(self, table: RoutingTable, drained: Drained | None) -> dict[str, Any]:
         """Adopt a routing table model by model."""
+        self.table = table
         self.health = table.health
         added: list[str] = []
         removed: list[str] = []

@@ -12,8 +12,8 @@ import json
 from typing import Any
 
 from onnxfleet.orchestrator.errors import BadRequest, NotFound
+from onnxfleet.orchestrator.messages import Reply, Request, json_reply
 from onnxfleet.orchestrator.pool import ModelPool, Models, VersionFigures
-from onnxfleet.orchestrator.server import Reply, Request, json_reply
 
 # OIP datatypes → Triton's model configuration data types
 TRITON_TYPES = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from onnxfleet.orchestrator.errors import MethodNotAllowed, NotFound
-from onnxfleet.orchestrator.server import Guard, Handler, Request, Route
+from onnxfleet.orchestrator.messages import Guard, Handler, Request, Route
 
 
 class Router:

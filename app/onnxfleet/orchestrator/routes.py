@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from onnxfleet.oip import DATATYPES, Signature, TensorSpec
+from onnxfleet.orchestrator.settings import HealthSpec
 
 
 class RoutesError(ValueError):
@@ -41,15 +42,6 @@ class ContainerSpec:
 class QueueSpec:
     max_length: int = 1000
     timeout_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class HealthSpec:
-    path: str = "/readyz"
-    interval_s: float = 1.0
-    timeout_s: float = 1.0
-    fall: int = 2
-    rise: int = 2
 
 
 @dataclass(frozen=True)

@@ -22,29 +22,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from onnxfleet.orchestrator.errors import (
-    JSON_TYPE,
     BadRequest,
-    Headers,
     HTTPError,
     PayloadTooLarge,
     ShuttingDown,
 )
+from onnxfleet.orchestrator.limits import BodyBudget, Limits
+from onnxfleet.orchestrator.messages import App, Reply, Request, error_reply
 
 log = logging.getLogger("onnxfleet.orchestrator.server")
 
@@ -59,183 +57,6 @@ WRITE_HIGH_WATER = 64 * 1024  # unsent answer bytes above which the client is no
 # the kernel's send buffer (it doubles it): fixed, so that a client that does not read
 # fills ours (and is no longer read) after this, not after what autotuning allows (4 MiB)
 SEND_BUFFER = 128 * 1024
-# request body bytes each connection holds without drawing on the shared budget: a small
-# request always fits, however much of the budget others hold (docs/orchestrator.md)
-CONNECTION_ALLOWANCE = 64 * 1024
-
-
-class BodyBudget:
-    """The request body bytes all connections hold at once, beyond their allowances."""
-
-    def __init__(self, capacity: int, allowance: int = CONNECTION_ALLOWANCE) -> None:
-        self.capacity = capacity
-        self.allowance = allowance
-        self.used = 0  # drawn beyond the allowances: at most capacity
-        self.held = 0  # all request body bytes the connections hold
-
-    def ledger(self) -> BodyLedger:
-        return BodyLedger(self)
-
-
-class BodyLedger:
-    """What one connection holds of request bodies (being read, read ahead, or waiting for
-    their answer); the only place the shared budget is drawn on and given back. Each request
-    notes what it holds (``Request.held``).
-
-    A request's bytes are given back once: when it is answered (``release``), else when the
-    connection ends (``close``, which gives back all and takes nothing after).
-    """
-
-    __slots__ = ("budget", "closed", "drawn", "held")
-
-    def __init__(self, budget: BodyBudget) -> None:
-        self.budget = budget
-        self.held = 0  # bytes this connection holds
-        self.drawn = 0  # of them, beyond its allowance: from the shared budget
-        self.closed = False
-
-    def _set(self, held: int) -> bool:
-        budget = self.budget
-        drawn = held - budget.allowance if held > budget.allowance else 0
-        if drawn > self.drawn and budget.used + drawn - self.drawn > budget.capacity:
-            return False
-        budget.used += drawn - self.drawn
-        budget.held += held - self.held
-        self.drawn = drawn
-        self.held = held
-        return True
-
-    def hold(self, msg: Request, size: int) -> bool:
-        """Hold ``size`` bytes in all for ``msg`` (no more than it holds: nothing); False: no room."""
-        more = size - msg.held
-        if more <= 0:
-            return True
-        if self.closed or not self._set(self.held + more):
-            return False
-        msg.held = size
-        return True
-
-    def release(self, msg: Request) -> None:
-        held, msg.held = msg.held, 0
-        if held and not self.closed:
-            self._set(self.held - held)
-
-    def close(self) -> None:
-        self.closed = True
-        self._set(0)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_head_bytes: int = 64 * 1024  # request line + headers
-    max_headers: int = 100
-    max_body_bytes: int = 8 * 1024 * 1024
-    head_timeout_s: float = 10.0  # from a request's first byte to the end of its head
-    body_timeout_s: float = 60.0  # from the end of the head to the end of the body (whole body)
-    keep_alive_s: float = 75.0  # idle time between requests
-    linger_s: float = 10.0  # reading and dropping the rest of a refused body
-    send_timeout_s: float = 30.0  # unsent answers above the high-water mark, or after a close
-    max_connections: int = 1000
-    max_connection_bytes: int = 256 * 1024 * 1024  # request bodies held, all connections (BodyBudget)
-
-
-class Reply:
-    """A complete answer: status, headers (``Content-Length`` is added when sent), body."""
-
-    __slots__ = ("body", "close", "headers", "status")
-
-    def __init__(self, status: int, body: bytes, headers: Headers, close: bool = False) -> None:
-        self.status = status
-        self.body = body
-        self.headers = headers
-        self.close = close
-
-
-def json_reply(data: Any, status: int = 200, headers: Iterable[tuple[bytes, bytes]] = ()) -> Reply:
-    return Reply(status, json.dumps(data).encode(), [(b"Content-Type", JSON_TYPE), *headers])
-
-
-def error_reply(exc: HTTPError) -> Reply:
-    return Reply(exc.status, exc.body(), exc.all_headers())
-
-
-class Request:
-    __slots__ = (
-        "body",
-        "busy",
-        "conn",
-        "early",
-        "expect",
-        "headers",
-        "held",
-        "http10",
-        "keep_alive",
-        "method",
-        "on_abort",
-        "params",
-        "path",
-        "raw_path",
-        "received",
-        "remote",
-        "replied",
-        "route",
-        "state",
-        "too_large",
-        "upgrade",
-        "url",
-    )
-
-    def __init__(self, conn: HTTPConnection) -> None:
-        self.conn = conn
-        self.remote = conn.remote
-        self.url = b""
-        self.method = ""
-        self.path = ""  # percent-decoded, for routing and messages
-        self.raw_path = b""  # as sent (without the query), for forwarding
-        self.headers: Headers = []  # names lowercased
-        self.body = b""
-        self.params: dict[str, str] = {}
-        self.keep_alive = True
-        self.http10 = False
-        self.expect = False  # Expect: 100-continue
-        self.route: Route | None = None
-        self.state: Any = None  # the application's, set by a guard for its handler
-        self.early = False  # answered before its body was read
-        self.too_large = False
-        self.held = 0  # body bytes held for it in the connections' budget (BodyLedger)
-        self.busy = False  # its body did not fit the connections' budget: 503, dropped
-        self.upgrade = False  # CONNECT or Upgrade: refused, then the connection closes
-        self.received = False  # the whole request was read
-        self.replied = False
-        self.on_abort: Callable[[], None] | None = None  # the client left before its answer
-
-    def header(self, name: bytes) -> bytes | None:
-        """The first value of header ``name`` (lowercase), or None."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def respond(self, reply: Reply) -> None:
-        """Send the answer (once; nothing happens when the client is gone)."""
-        self.conn.reply(self, reply)
-
-
-Handler = Callable[[Request], "Reply | None"]  # None: the handler answers later (respond)
-Guard = Callable[[Request], None]  # raises HTTPError to refuse a request on its head
-
-
-class Route:
-    __slots__ = ("guard", "handler")
-
-    def __init__(self, handler: Handler, guard: Guard | None = None) -> None:
-        self.handler = handler
-        self.guard = guard
-
-
-class App(Protocol):
-    def route(self, request: Request) -> Route:
-        """The route for ``request`` (raises HTTPError: 404, 405)."""
 
 
 class _HeadTooLarge(Exception):

@@ -8,9 +8,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from onnxfleet.orchestrator.app import Orchestrator, Settings
+from onnxfleet.orchestrator.app import Orchestrator
+from onnxfleet.orchestrator.limits import BodyBudget, Limits
 from onnxfleet.orchestrator.routes import RoutingTable
-from onnxfleet.orchestrator.server import BodyBudget, HTTPServer, Limits
+from onnxfleet.orchestrator.server import HTTPServer
+from onnxfleet.orchestrator.settings import Settings
 from onnxfleet.orchestrator.tokens import Tokens
 
 log = logging.getLogger("onnxfleet.orchestrator")
@@ -29,9 +31,9 @@ class Service:
 
     async def start(self, api: Iterable[Any], admin: Iterable[Any] = ()) -> None:
         """Serve the API on the ``api`` sockets and the admin API on the ``admin`` ones."""
-        orchestrator = self.orchestrator = Orchestrator(self.settings, self.table, self.tokens)
+        budget = BodyBudget(self.limits.max_connection_bytes)
+        orchestrator = self.orchestrator = Orchestrator(self.settings, self.table, self.tokens, budget)
         await orchestrator.start()
-        budget = orchestrator.body_budget = BodyBudget(self.limits.max_connection_bytes)
         server = HTTPServer(orchestrator.api_router, self.limits, budget=budget)
         await server.listen(api)
         self.servers.append(server)

@@ -1,4 +1,7 @@
-"""`onnxfleet sim-backend`: fake model containers with a fixed service time.
+"""`python -m tests.simbackend`: fake model containers with a fixed service time.
+
+A test double for the tests and the benchmarks (bench/ imports tests/): it ships in
+neither the package nor the image.
 
 One lean asyncio process (raw protocols, httptools' request parser, keep-alive) serves
 several ports; each port behaves like one model container: ``POST /run_model`` and
@@ -26,6 +29,7 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 from collections import deque
 from typing import Any
 
@@ -381,7 +385,8 @@ class _Conn(asyncio.Protocol):
                 mode = request.get("mode", "ok")
                 service_ms = request.get("service_ms")
                 max_rows = request.get("max_rows")
-                if mode not in MODES or not (max_rows is None or type(max_rows) is int):
+                whole = isinstance(max_rows, int) and not isinstance(max_rows, bool)
+                if mode not in MODES or not (max_rows is None or whole):
                     raise ValueError(mode)
             except (ValueError, AttributeError):
                 self._send(
@@ -427,3 +432,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         uvloop.run(_main(args))
     return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.simbackend", description=__doc__.splitlines()[0])
+    configure(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
