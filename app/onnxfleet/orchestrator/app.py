@@ -31,7 +31,7 @@ from onnxfleet.orchestrator.health import HealthChecker
 from onnxfleet.orchestrator.history import History
 from onnxfleet.orchestrator.jobs import Job, JobStore, Refused, result_json, with_field
 from onnxfleet.orchestrator.metrics import Labels, Metrics
-from onnxfleet.orchestrator.observe import Observe
+from onnxfleet.orchestrator.observe import DASHBOARD_HINT, Observe
 from onnxfleet.orchestrator.pool import ModelPool, Models, PoolLimits
 from onnxfleet.orchestrator.repository import Repository
 from onnxfleet.orchestrator.roster import Roster
@@ -202,7 +202,7 @@ class Orchestrator:
         # on the API listener, what tells about the fleet needs a token (any: API or admin)
         api.add("GET", "/status", self.observe.get_status, self._view_guard)
         api.add("GET", "/metrics", self.observe.get_metrics, self._view_guard)
-        api.add("GET", "/", self.observe.dashboard, self._view_guard)
+        api.add("GET", "/", self.observe.dashboard, self._dashboard_guard)
         admin = api
         if self.settings.admin_listener:
             admin = Router()
@@ -328,6 +328,12 @@ class Orchestrator:
         authorization = request.header(b"authorization")
         if self.tokens.check(authorization) is None and self.admin_tokens.check(authorization) is None:
             raise Unauthorized()
+
+    def _dashboard_guard(self, request: Request) -> None:
+        try:
+            self._view_guard(request)
+        except Unauthorized:
+            raise Unauthorized(f"expected Authorization: Bearer <token>; {DASHBOARD_HINT}") from None
 
     def _infer_guard(self, request: Request) -> None:
         name = self._caller(request)
