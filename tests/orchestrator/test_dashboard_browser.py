@@ -4,6 +4,8 @@ dashboard"), the real edge and orchestrator with sim containers behind, traffic 
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import shutil
@@ -102,3 +104,51 @@ def test_the_dashboard_opens_in_a_browser_with_axes_and_a_legend(sim: SimFleet, 
         assert "docs/operations.md" in public
         assert "<table" not in public
         assert "c0/0" not in public
+
+
+def test_the_admin_listener_answers_only_names_that_cannot_be_rebound(sim: SimFleet, tmp_path: Path) -> None:
+    """A web page open in the browser that holds the SSH tunnel cannot read the fleet's
+    state by making its own host name resolve to 127.0.0.1 (DNS rebinding)."""
+    with FrontDoor(make_pki(tmp_path / "pki"), sim) as door:
+
+        def get(path: str, host: str | None) -> tuple[int, dict]:
+            conn = http.client.HTTPConnection("127.0.0.1", door.ports.admin, timeout=30)
+            try:
+                conn.putrequest("GET", path, skip_host=True)
+                if host is not None:
+                    conn.putheader("Host", host)
+                conn.endheaders()
+                answer = conn.getresponse()
+                body = answer.read()
+                return answer.status, json.loads(body) if answer.getheader("Content-Type", "").startswith(
+                    "application/json"
+                ) else {}
+            finally:
+                conn.close()
+
+        port = door.ports.admin
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}", None):
+            for path in ("/", "/status", "/metrics"):
+                assert get(path, host)[0] == 200, (path, host)
+        for host in (
+            f"evil.example:{port}",
+            "evil.example",
+            f"127.0.0.1.nip.io:{port}",
+            f"localhost.:{port}",
+        ):
+            for path in ("/", "/status", "/metrics"):
+                code, body = get(path, host)
+                assert (code, body.get("code")) == (403, "forbidden_host"), (path, host)
+                assert "IP address or localhost" in body["error"]
+        # the admin API keeps its own check (the token) and is not touched by this one
+        assert door.admin("POST", "/admin/reload").status == 200
+
+        # the browser itself, with evil.example resolving to the tunnel's end: refused
+        dom = chromium(
+            tmp_path / "profile",
+            "--host-resolver-rules=MAP evil.example 127.0.0.1",
+            "--dump-dom",
+            f"http://evil.example:{port}/",
+        )
+        assert '"code": "forbidden_host"' in dom
+        assert "c0/0" not in dom

@@ -31,7 +31,7 @@ from onnxfleet.orchestrator.health import HealthChecker
 from onnxfleet.orchestrator.history import History
 from onnxfleet.orchestrator.jobs import Job, JobStore, Refused, result_json, with_field
 from onnxfleet.orchestrator.metrics import Labels, Metrics
-from onnxfleet.orchestrator.observe import DASHBOARD_HINT, Observe
+from onnxfleet.orchestrator.observe import DASHBOARD_HINT, Observe, named_by_address
 from onnxfleet.orchestrator.pool import ModelPool, Models, PoolLimits
 from onnxfleet.orchestrator.repository import Repository
 from onnxfleet.orchestrator.roster import Roster
@@ -206,9 +206,9 @@ class Orchestrator:
         admin = api
         if self.settings.admin_listener:
             admin = Router()
-            admin.add("GET", "/status", self.observe.get_status)
-            admin.add("GET", "/metrics", self.observe.get_metrics)
-            admin.add("GET", "/", self.observe.dashboard)
+            admin.add("GET", "/status", self.observe.get_status, named_by_address)
+            admin.add("GET", "/metrics", self.observe.get_metrics, named_by_address)
+            admin.add("GET", "/", self.observe.dashboard, named_by_address)
         admin.add("POST", "/admin/reload", self.admin.reload, self._admin_guard)
         admin.add("POST", "/admin/drain", self.admin.drain, self._admin_guard)
         admin.add("POST", "/admin/ready", self.admin.ready, self._admin_guard)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import ipaddress
 import os
 import re
 import time
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from onnxfleet.orchestrator.errors import HTTPError
 from onnxfleet.orchestrator.server import Reply, Request, json_reply
 
 if TYPE_CHECKING:
@@ -27,6 +29,29 @@ DASHBOARD_HINT = (
     "a browser opens the dashboard on the admin listener, e.g. through an SSH tunnel to the "
     'orchestrator node (docs/operations.md, "The dashboard")'
 )
+
+
+def named_by_address(request: Request) -> None:
+    """The admin listener's state (dashboard, /status, /metrics) open without a token, but
+    only to requests that name the listener by address or as localhost. A browser with an
+    SSH tunnel open would otherwise let any web page it shows read them: the page's own
+    host name re-resolved to 127.0.0.1 (DNS rebinding) makes the requests same-origin."""
+    raw = request.header(b"host")
+    if raw is None:
+        return  # not from a browser: browsers always send Host
+    host = raw.decode("latin-1").strip()
+    name = host[1 : host.find("]")] if host.startswith("[") else host.partition(":")[0]
+    if name.lower() == "localhost":
+        return
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        raise HTTPError(
+            f"expected a Host that is an IP address or localhost, got {host!r}: the admin "
+            "listener does not answer other names (DNS rebinding)",
+            status=403,
+            code="forbidden_host",
+        ) from None
 
 
 class Observe:
