@@ -613,6 +613,17 @@ def check_python(args: list[str]) -> list[str]:
     return [f"python -m {module}: no such module in the repository"]
 
 
+def check_ssh(args: list[str]) -> list[str]:
+    """The options parse: ``ssh -G`` prints the configuration they make and connects nowhere."""
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        return ["ssh is not installed (openssh-client), so its options cannot be checked"]
+    # a shell variable stands for a value of its own name ($node: a host called "node")
+    args = [re.sub(r"\$\{?(\w+)\}?", r"\1", arg) for arg in args]
+    parsed = subprocess.run([ssh, "-G", *args], capture_output=True, text=True, timeout=30, check=False)
+    return [] if parsed.returncode == 0 else [f"ssh -G rejects the options: {parsed.stderr.strip()}"]
+
+
 def check_command(argv: list[str], doc: Doc, workdir: Path, inline: bool = False) -> list[str]:
     name = program(argv)
     problems = repository_paths(argv, doc)
@@ -636,6 +647,8 @@ def check_command(argv: list[str], doc: Doc, workdir: Path, inline: bool = False
         problems += check_make(argv[1:])
     elif name == "curl":
         problems += check_curl(argv[1:])
+    elif name == "ssh":
+        problems += check_ssh(argv[1:])
     elif name not in UNCHECKED:
         problems.append(f"no check for {name!r}: add one, or add it to UNCHECKED with the reason")
     return problems
@@ -801,6 +814,7 @@ def test_a_synthetic_doc_of_true_commands_passes() -> None:
         ("curl -k https://127.0.0.1:8443/status", "--insecure"),
         ("jq . app/models/no-such.json", "'app/models/no-such.json' is not in the repository"),
         ("frobnicate --now", "no check for 'frobnicate'"),
+        ("ssh -N -L 9000 admin@node", "ssh -G rejects the options"),
         ("python -m bench.no_such_bench", "python -m bench.no_such_bench: no such module"),
         ("python3 -m bench.no_such_bench", "python -m bench.no_such_bench: no such module"),
     ],

@@ -46,4 +46,4 @@ def test_dashboard_renders_the_fleet(sim: SimFleet, tmp_path: Path) -> None:
         assert '<b id="queue-depth">0 / 1000</b>' in dom
         assert '<b id="ready">yes</b>' in dom
         assert "<td>sim-1</td>" in dom  # the model version the containers answered with
-        assert '<div id="error"></div>' in dom
+        assert '<div id="error" role="alert"></div>' in dom

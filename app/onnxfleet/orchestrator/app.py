@@ -23,7 +23,7 @@ from onnxfleet.orchestrator.batching import BatchCollector, Batcher
 from onnxfleet.orchestrator.dispatcher import Dispatcher
 from onnxfleet.orchestrator.errors import HTTPError, ShuttingDown
 from onnxfleet.orchestrator.exchange import Forwarder
-from onnxfleet.orchestrator.guards import Guards
+from onnxfleet.orchestrator.guards import Guards, named_by_address
 from onnxfleet.orchestrator.health import HealthChecker
 from onnxfleet.orchestrator.history import History
 from onnxfleet.orchestrator.inference import Inference
@@ -137,13 +137,13 @@ class Orchestrator:
         # on the API listener, what tells about the fleet needs a token (any: API or admin)
         api.add("GET", "/status", self.observe.get_status, guards.view)
         api.add("GET", "/metrics", self.observe.get_metrics, guards.view)
-        api.add("GET", "/", self.observe.dashboard, guards.view)
+        api.add("GET", "/", self.observe.dashboard, guards.dashboard)
         admin = api
         if self.settings.admin_listener:
             admin = Router()
-            admin.add("GET", "/status", self.observe.get_status)
-            admin.add("GET", "/metrics", self.observe.get_metrics)
-            admin.add("GET", "/", self.observe.dashboard)
+            admin.add("GET", "/status", self.observe.get_status, named_by_address)
+            admin.add("GET", "/metrics", self.observe.get_metrics, named_by_address)
+            admin.add("GET", "/", self.observe.dashboard, named_by_address)
         admin.add("POST", "/admin/reload", self.admin.reload, guards.admin)
         admin.add("POST", "/admin/drain", self.admin.drain, guards.admin)
         admin.add("POST", "/admin/ready", self.admin.ready, guards.admin)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from urllib.parse import parse_qsl
 
@@ -14,6 +15,35 @@ from onnxfleet.orchestrator.tokens import Tokens
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
 _DEADLINE = DEADLINE_HEADER.lower().encode()
+
+# What a browser refused the dashboard on the API listener (it sends no Bearer) is told.
+DASHBOARD_HINT = (
+    "a browser opens the dashboard on the admin listener, e.g. through an SSH tunnel to the "
+    'orchestrator node (docs/operations.md, "The dashboard")'
+)
+
+
+def named_by_address(request: Request) -> None:
+    """The admin listener's state (dashboard, /status, /metrics) open without a token, but
+    only to requests that name the listener by address or as localhost. A browser with an
+    SSH tunnel open would otherwise let any web page it shows read them: the page's own
+    host name re-resolved to 127.0.0.1 (DNS rebinding) makes the requests same-origin."""
+    raw = request.header(b"host")
+    if raw is None:
+        return  # not from a browser: browsers always send Host
+    host = raw.decode("latin-1").strip()
+    name = host[1 : host.find("]")] if host.startswith("[") else host.partition(":")[0]
+    if name.lower() == "localhost":
+        return
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        raise HTTPError(
+            f"expected a Host that is an IP address or localhost, got {host!r}: the admin "
+            "listener does not answer other names (DNS rebinding)",
+            status=403,
+            code="forbidden_host",
+        ) from None
 
 
 class Caller:
@@ -105,6 +135,13 @@ class Guards:
         authorization = request.header(b"authorization")
         if self.tokens.check(authorization) is None and self.admin_tokens.check(authorization) is None:
             raise Unauthorized()
+
+    def dashboard(self, request: Request) -> None:
+        """The dashboard on the API listener: as ``view``, and a browser refused is told where to open it."""
+        try:
+            self.view(request)
+        except Unauthorized:
+            raise Unauthorized(f"expected Authorization: Bearer <token>; {DASHBOARD_HINT}") from None
 
     def infer(self, request: Request) -> None:
         name = self._caller(request)
