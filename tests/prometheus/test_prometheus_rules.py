@@ -39,7 +39,9 @@ def test_every_alert_fires_and_stays_quiet_as_rules_test_says(tmp_path: Path) ->
         ({"prometheus_container_down_for": "5m"}, "OnnxfleetContainerDown"),
     ],
 )
-def test_the_thresholds_are_the_role_variables(tmp_path: Path, variables: dict[str, object], alert: str) -> None:
+def test_the_thresholds_are_the_role_variables(
+    tmp_path: Path, variables: dict[str, object], alert: str
+) -> None:
     """Above the threshold the role is given, the same series no longer page."""
     tested = promtool("test", "rules", "rules_test.yml", cwd=rules(tmp_path, **variables))
     assert tested.returncode != 0
