@@ -11,7 +11,6 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,7 +82,9 @@ def watched(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watc
     routes = {"containers": [], "health": {"interval_s": 0.2, "timeout_s": 0.5, "fall": 2, "rise": 2}}
     for node in plan["nodes"]:
         for name, port in zip(node["models"][0]["container_names"], node["models"][0]["ports"], strict=True):
-            routes["containers"].append({"name": name, "url": f"http://127.0.0.1:{port}", "node": node["node"]})
+            routes["containers"].append(
+                {"name": name, "url": f"http://127.0.0.1:{port}", "node": node["node"]}
+            )
     front.routes_path.write_text(json.dumps(routes))
     haproxy_cfg = front.config.read_text()
     if "prometheus-exporter" not in haproxy_cfg:
@@ -93,9 +94,7 @@ def watched(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watc
             haproxy_cfg + f"\nfrontend metrics\n    bind 127.0.0.1:{metrics_port}\n"
             "    http-request use-service prometheus-exporter if { path /metrics }\n"
         )
-    rules = render(
-        "onnxfleet.rules.yml.j2", work / "onnxfleet.rules.yml", prometheus_container_down_for="2s"
-    )
+    rules = render("onnxfleet.rules.yml.j2", work / "onnxfleet.rules.yml", prometheus_container_down_for="2s")
     config = prometheus_config(
         plan,
         node="orchestrator",
@@ -108,9 +107,7 @@ def watched(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watc
         rule_files=[str(rules)],
     )
     (work / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    workers = {
-        f"{node}/0": start_worker(f"{node}/0", port).start() for node, port in ports.items()
-    }
+    workers = {f"{node}/0": start_worker(f"{node}/0", port).start() for node, port in ports.items()}
     try:
         for worker in workers.values():
             worker.wait_ready()
