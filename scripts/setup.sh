@@ -99,7 +99,9 @@ if [ ! -x "$prom/usr/bin/promtool" ]; then
     log "unpacking Debian's prometheus package into $prom"
     deb=$(ls /var/cache/apt/archives/prometheus_*.deb 2>/dev/null | tail -1 || true)
     if [ -z "$deb" ]; then
-        (cd .cache && apt-get download prometheus >apt-prometheus.log 2>&1) || {
+        # (no package lists yet on a fresh machine: fetch them once, then try again)
+        (cd .cache && apt-get download prometheus >apt-prometheus.log 2>&1) ||
+            { as_root apt-get update -qq && (cd .cache && apt-get download prometheus >apt-prometheus.log 2>&1); } || {
             tail -5 .cache/apt-prometheus.log
             exit 1
         }
