@@ -20,7 +20,7 @@ from ansible_collections.onnxfleet.serving.plugins.filter.prometheus import prom
 
 from tests.edge.edge_support import FrontDoor
 from tests.edge.pki import Pki
-from tests.prometheus.prom_support import PROMETHEUS, Prometheus, render
+from tests.prometheus.prom_support import Prometheus, render
 from tests.support import ROOT, Service, free_port, wait_for
 
 DIGITS = ROOT / "app" / "models" / "digits.onnx"
@@ -28,10 +28,7 @@ DASHBOARD = ROOT / "roles" / "prometheus" / "files" / "grafana" / "onnxfleet.jso
 SAMPLE = json.dumps({"inputs": [[float(i % 17) for i in range(64)]]}).encode()
 NODES = ("worker-1", "worker-2")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not PROMETHEUS.exists(), reason="make setup unpacks Debian's prometheus"),
-]
+pytestmark = pytest.mark.slow
 
 
 def start_worker(name: str, port: int) -> Service:

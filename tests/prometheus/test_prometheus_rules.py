@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.prometheus.prom_support import PROMTOOL, promtool, render
+from tests.prometheus.prom_support import promtool, render
 
 HERE = Path(__file__).resolve().parent
-
-pytestmark = pytest.mark.skipif(not PROMTOOL.exists(), reason="make setup unpacks Debian's prometheus")
 
 
 def rules(work: Path, **variables: object) -> Path:
