@@ -7,6 +7,7 @@
 #   4. the collection link so `onnxfleet.serving.*` resolves from this checkout
 #   5. the base image (official python slim, or one built from Debian packages offline)
 #   6. the wheelhouse the images install from (no network during docker build)
+#   7. Debian's Prometheus and promtool, unpacked in .cache/prometheus for the tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -88,5 +89,25 @@ scripts/base-image.sh
 
 # --- 6. wheelhouse ------------------------------------------------------------------
 scripts/wheelhouse.sh
+
+# --- 7. Prometheus for the tests -----------------------------------------------------
+# The tests run Debian's prometheus and promtool (what roles/prometheus installs on the
+# orchestrator node) against processes on loopback. Unpacked, not installed: the package
+# would start a server on this machine's every address.
+prom=.cache/prometheus
+if [ ! -x "$prom/usr/bin/promtool" ]; then
+    log "unpacking Debian's prometheus package into $prom"
+    deb=$(ls /var/cache/apt/archives/prometheus_*.deb 2>/dev/null | tail -1 || true)
+    if [ -z "$deb" ]; then
+        # (no package lists yet on a fresh machine: fetch them once, then try again)
+        (cd .cache && apt-get download prometheus >apt-prometheus.log 2>&1) ||
+            { as_root apt-get update -qq && (cd .cache && apt-get download prometheus >apt-prometheus.log 2>&1); } || {
+            tail -5 .cache/apt-prometheus.log
+            exit 1
+        }
+        deb=$(ls .cache/prometheus_*.deb | tail -1)
+    fi
+    rm -rf "$prom" && dpkg-deb -x "$deb" "$prom"
+fi
 
 log "ready: $(.venv/bin/python --version), $(docker version --format 'Docker Engine {{.Server.Version}}')"
