@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: fleet_admin
+module: orchestrator_admin
 short_description: Call the orchestrator's admin API (reload, drain, ready) on its node
 version_added: 0.2.0
 description:
@@ -55,7 +55,7 @@ notes:
 
 EXAMPLES = r"""
 - name: Drain worker-1 and wait until nothing is in flight on it
-  onnxfleet.serving.fleet_admin:
+  onnxfleet.serving.orchestrator_admin:
     url: http://127.0.0.1:9000
     action: drain
     token_file: /etc/onnxfleet/admin-token
