@@ -37,7 +37,7 @@ options:
     required: true
   body:
     description:
-      - The JSON body, e.g. V({"node": "worker-1", "wait": true, "timeout_s": 60}).
+      - "The JSON body, e.g. V({\"node\": \"worker-1\", \"wait\": true, \"timeout_s\": 60})."
     type: dict
     default: {}
   timeout:
