@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -29,8 +30,13 @@ def node(name: str, address: str) -> dict[str, str]:
     return {**LOCAL, "fleet_node": name, "fleet_private_address": address, "fleet_architecture": "amd64"}
 
 
-def orchestrator_run(tmp_path: Path, serving: str, *extra: str) -> tuple[int, str]:
-    """The orchestrator role in check mode on a node whose local fact says ``serving``."""
+HANDOVER = [{"name": "The orchestrator's hand-over alone", "hosts": "orchestrators", "gather_facts": False,
+             "tasks": [{"name": "Hand over", "ansible.builtin.include_role": {
+                 "name": "onnxfleet.serving.orchestrator", "tasks_from": "handover"}}]}]  # fmt: skip
+
+
+def orchestrator_run(tmp_path: Path, serving: str, *extra: str, play: Any = PLAY) -> tuple[int, str]:
+    """The orchestrator role (in check mode) on a node whose local fact says ``serving``."""
     (tmp_path / "group_vars").mkdir()
     (tmp_path / "group_vars" / "all.yml").write_text((ROOT / "inventory/group_vars/all.yml").read_text())
     hosts = {
@@ -39,12 +45,12 @@ def orchestrator_run(tmp_path: Path, serving: str, *extra: str) -> tuple[int, st
     }
     inventory = {"all": {"children": {"onnxfleet": {"children": hosts}}}}
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(PLAY))
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
     fact = tmp_path / "onnxfleet_orchestrator.fact"
     fact.write_text(json.dumps({"colour": serving}) + "\n")
     proc = run(
         ["ansible-playbook", "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml"),
-         "--check", "--diff", "-e", f"__orchestrator_state_file={fact}", *extra],
+         *(["--check", "--diff"] if play is PLAY else []), "-e", f"__orchestrator_state_file={fact}", *extra],
         env=ansible_env(DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock"),
         timeout=300,
     )  # fmt: skip
@@ -69,3 +75,14 @@ def test_an_extra_var_colour_is_refused_before_anything_changes(
     # refused before the routing table, the containers or the colour's record
     assert "Template the routing table" not in output, output
     assert f'"colour": "{given}"' not in output, output
+
+
+def test_a_hand_over_refuses_an_extra_var_colour_before_starting_the_other_colour(tmp_path: Path) -> None:
+    """With the serving colour given by -e, the run's colour check passes, but the
+    hand-over's set_fact to the other colour would not take: the edge would stay on the
+    colour it then stops. (Not check mode: a hand-over never runs in check mode; the
+    Docker socket does not exist, so any container task would fail otherwise.)"""
+    code, output = orchestrator_run(tmp_path, "blue", "-e", "fleet_orchestrator_colour=blue", play=HANDOVER)
+    assert code != 0, output
+    assert "fleet_orchestrator_colour is given as an extra var (blue)" in output, output
+    assert "Remove what an interrupted hand-over left" not in output, output
