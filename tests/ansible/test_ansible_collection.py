@@ -43,7 +43,7 @@ def test_the_artifact_documents_its_roles_and_plugins(artifact: Path) -> None:
     roles = sorted(p.name for p in (installed / "roles").iterdir())
     for kind, names in (
         ("role", roles),
-        ("module", ["fleet_image", "http_ready", "aws_fleet_info"]),
+        ("module", ["fleet_image", "http_ready", "aws_fleet_info", "orchestrator_admin"]),
         (
             "filter",
             ["routing_table", "natural_sort", "api_token_lines", "subject_alt_names", "aws_fleet_launches"],

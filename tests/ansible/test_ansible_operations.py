@@ -436,6 +436,13 @@ ROLE_PLAY = """\
 
 def test_an_orchestrator_restart_is_a_blue_green_hand_over_that_loses_nothing(ops: DeployedFleet) -> None:
     before, image = colour_and_image(ops)
+    # A colour given with -e would outrank the role's set_fact: the edge would stay on the
+    # colour the hand-over stops. Refused before anything changes.
+    refused = playbook(ops, "playbooks/restart_orchestrator.yml", "-e", f"fleet_orchestrator_colour={before}")
+    assert refused.returncode != 0, explain(refused)
+    assert "fleet_orchestrator_colour is given as an extra var" in refused.stdout, explain(refused)
+    assert "orchestrator : Start the new colour]" not in refused.stdout, explain(refused)
+    assert colour_and_image(ops) == (before, image)
     with under_load(ops) as watched:
         proc = playbook(ops, "playbooks/restart_orchestrator.yml")
         assert proc.returncode == 0, explain(proc)
