@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import ssl
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support import ROOT
 
@@ -28,6 +31,42 @@ def ansible_env(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def render_role_template(role: Path, template: str, dest: Path, variables: dict[str, Any]) -> Path:
+    """A template of ``role`` rendered by Ansible's template module, as the role deploys it:
+    with the role's defaults, its vars and ``variables`` (extra vars, which win)."""
+    extra = dest.with_name(dest.name + ".vars.json")
+    extra.write_text(json.dumps(variables))
+    proc = subprocess.run(
+        [
+            str(VENV_BIN / "ansible"),
+            "localhost",
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-m",
+            "ansible.builtin.template",
+            "-a",
+            f"src={role / 'templates' / template} dest={dest} mode=0644",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            "-e",
+            f"@{role / 'defaults' / 'main.yml'}",
+            "-e",
+            f"@{role / 'vars' / 'main.yml'}",
+            "-e",
+            f"@{extra}",
+        ],
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"rendering failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
+    return dest
 
 
 def user_env(collections: Path, **extra: str) -> dict[str, str]:

@@ -22,7 +22,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.ansible.ansible_support import ansible_env
+from tests.ansible.ansible_support import render_role_template
 from tests.edge.pki import Pki
 from tests.orchestrator.orch_support import SimFleet, routes, tokens_file, wait_for
 from tests.support import ROOT, Service, free_port
@@ -93,37 +92,7 @@ def render(dest: Path, variables: dict[str, Any], template: str = "haproxy.cfg.j
     the role deploys both."""
     if template == "haproxy.cfg.j2":
         render(Path(variables["edge_token_map"]), variables, "api-tokens.map.j2")
-    extra = dest.with_name(dest.name + ".vars.json")
-    extra.write_text(json.dumps(variables))
-    proc = subprocess.run(
-        [
-            str(ROOT / ".venv" / "bin" / "ansible"),
-            "localhost",
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-m",
-            "ansible.builtin.template",
-            "-a",
-            f"src={ROLE / 'templates' / template} dest={dest} mode=0644",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            "-e",
-            f"@{ROLE / 'defaults' / 'main.yml'}",
-            "-e",
-            f"@{ROLE / 'vars' / 'main.yml'}",
-            "-e",
-            f"@{extra}",
-        ],
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, f"rendering failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
-    return dest
+    return render_role_template(ROLE, template, dest, variables)
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:

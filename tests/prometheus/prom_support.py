@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.ansible.ansible_support import ansible_env
+from tests.ansible.ansible_support import render_role_template
 from tests.support import ROOT, free_port, wait_for
 
 ROLE = ROOT / "roles" / "prometheus"
@@ -24,37 +23,7 @@ PROMTOOL = BIN / "promtool"
 def render(template: str, dest: Path, **variables: Any) -> Path:
     """One of the role's templates, rendered by Ansible with its defaults, its vars and
     ``variables``."""
-    extra = dest.with_name(dest.name + ".vars.json")
-    extra.write_text(json.dumps(variables))
-    proc = subprocess.run(
-        [
-            str(ROOT / ".venv" / "bin" / "ansible"),
-            "localhost",
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-m",
-            "ansible.builtin.template",
-            "-a",
-            f"src={ROLE / 'templates' / template} dest={dest} mode=0644",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            "-e",
-            f"@{ROLE / 'defaults' / 'main.yml'}",
-            "-e",
-            f"@{ROLE / 'vars' / 'main.yml'}",
-            "-e",
-            f"@{extra}",
-        ],
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, f"rendering failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
-    return dest
+    return render_role_template(ROLE, template, dest, variables)
 
 
 def promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
