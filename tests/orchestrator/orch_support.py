@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -182,3 +184,30 @@ def peer_closed(sock: socket.socket) -> bool:
     finally:
         sock.setblocking(True)
     return data == b"" or data.startswith(b"HTTP/1.1 408")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium(profile: Path, *args: str) -> str:
+    """What headless Chromium prints (``--dump-dom`` or ``--screenshot=...`` in ``args``)
+    after 5 s of virtual time, with a profile of its own."""
+    assert CHROMIUM is not None, "chromium is not installed (make setup installs it)"
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout

@@ -9,39 +9,15 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 from tests.edge.edge_support import FrontDoor
 from tests.edge.pki import make_pki
-from tests.orchestrator.orch_support import SimFleet
+from tests.orchestrator.orch_support import SimFleet, chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Where the screenshot goes besides tmp_path (the docs' copy is made with this set).
 SCREENSHOT = os.environ.get("ONNXFLEET_DASHBOARD_SCREENSHOT")
-
-
-def chromium(profile: Path, *args: str) -> str:
-    assert CHROMIUM is not None, "chromium is not installed (make setup installs it)"
-    return subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            "--virtual-time-budget=5000",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
 
 
 def texts(dom: str, cls: str) -> list[str]:

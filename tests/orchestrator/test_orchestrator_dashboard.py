@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
-from tests.orchestrator.orch_support import SimFleet, call, container_state, orchestrator, routes, wait_for
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.orchestrator.orch_support import (
+    SimFleet,
+    call,
+    chromium,
+    container_state,
+    orchestrator,
+    routes,
+    wait_for,
+)
 
 
 def test_dashboard_renders_the_fleet(sim: SimFleet, tmp_path: Path) -> None:
-    assert CHROMIUM is not None, "chromium is not installed (make setup installs it)"
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "n1"), ("b/0", sim.url(1), "n2")])
     with orchestrator(table) as orch:
         for _ in range(3):
@@ -22,25 +25,7 @@ def test_dashboard_renders_the_fleet(sim: SimFleet, tmp_path: Path) -> None:
         code, headers, _ = call(orch.url + "/")
         assert code == 200
         assert headers["Content-Type"].startswith("text/html")
-        dom = subprocess.run(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                f"--user-data-dir={tmp_path / 'profile'}",
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-                orch.url + "/",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        ).stdout
+        dom = chromium(tmp_path / "profile", "--dump-dom", orch.url + "/")
         assert '<tr data-container="a/0"><td>a/0</td><td>n1</td><td class="ready">ready</td>' in dom
         assert '<td class="draining">draining</td>' in dom
         assert '<b id="queue-depth">0 / 1000</b>' in dom
