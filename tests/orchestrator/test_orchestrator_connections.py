@@ -292,7 +292,7 @@ def test_item5_one_byte_per_pause_still_meets_the_whole_deadline(
 ) -> None:
     table = routes(tmp_path / "routes.json", [("a/0", sim.url(0), "a")])
     with orchestrator(table, "--head-timeout", "1", "--body-timeout", "1") as orch:
-        sock = connect(orch.port, timeout=6)
+        sock = connect(orch.port, timeout=30)
         started = time.monotonic()
         sock.sendall(head)
         answered = threading.Event()
@@ -306,7 +306,9 @@ def test_item5_one_byte_per_pause_still_meets_the_whole_deadline(
         elapsed = time.monotonic() - started
         assert (code, json.loads(body)["code"]) == (408, "request_timeout")
         assert f"request {what}" in json.loads(body)["error"]
-        assert elapsed < 2.0, f"answered after {elapsed:.1f} s"
+        # A deadline reset by each byte would answer after the 40 s drip; the bound is wide
+        # because CI runs this beside fleets loading images.
+        assert elapsed < 10.0, f"answered after {elapsed:.1f} s"
         sock.close()
 
 

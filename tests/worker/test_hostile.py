@@ -73,7 +73,9 @@ def test_announced_oversize_body_is_refused_before_it_is_read(served_after: Serv
     assert (status, body["code"]) == (413, "payload_too_large")
     assert body["error"] == f"the body is larger than {LIMIT} bytes (--max-body-bytes)"
     assert headers["x-container"] == "hostile-0"
-    assert elapsed < 1.0
+    # A worker that waited for the body would answer 408 after its 1 s --read-timeout; the
+    # bound is wide because CI runs this beside fleets loading images.
+    assert elapsed < 5.0
 
 
 def test_oversize_body_sent_whole_still_gets_413(served_after: Service) -> None:
