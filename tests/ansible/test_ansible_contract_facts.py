@@ -86,3 +86,29 @@ def test_a_hand_over_refuses_an_extra_var_colour_before_starting_the_other_colou
     assert code != 0, output
     assert "fleet_orchestrator_colour is given as an extra var (blue)" in output, output
     assert "Remove what an interrupted hand-over left" not in output, output
+
+
+SWITCH = {
+    "name": "Switch",
+    "ansible.builtin.include_role": {"name": "onnxfleet.serving.edge", "tasks_from": "switch"},
+}
+AFTER = {"name": "After the switch", "ansible.builtin.debug": {"msg": "the play goes on"}}
+EDGE_SWITCH = [
+    {
+        "name": "The edge's switch alone",
+        "hosts": "orchestrators",
+        "gather_facts": False,
+        "tasks": [SWITCH, AFTER],
+    }
+]
+
+
+def test_a_hand_over_before_the_edge_is_installed_leaves_the_switch_to_the_edge_role(tmp_path: Path) -> None:
+    """A first site.yml stopped inside the orchestrator role has no HAProxy yet; the next
+    run's hand-over must not fail on the missing /etc/haproxy (the edge role, later in the
+    same run, points the new edge at the colour)."""
+    missing = tmp_path / "no-haproxy-here"
+    code, output = orchestrator_run(tmp_path, "blue", "-e", f"edge_config_dir={missing}", play=EDGE_SWITCH)
+    assert code == 0, output
+    assert "the play goes on" in output, output
+    assert not missing.exists()
