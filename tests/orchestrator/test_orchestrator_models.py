@@ -4,6 +4,7 @@ list what is served, per-model queues, Triton's repository, config and stats end
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.metrics_support import LATENCY_BOUNDS, histogram_bounds, naming_problems
-from tests.orchestrator.orch_support import call, orchestrator, status, wait_for
+from tests.orchestrator.orch_support import call, chromium, orchestrator, status, wait_for
 from tests.orchestrator.test_orchestrator_workers import DIGITS, SAMPLE
 from tests.support import Service, free_port
 
@@ -253,6 +254,27 @@ def test_a_reload_adds_and_removes_models_leaving_the_others_alone(
         code, _, body = call(orch.url + "/v2/models/iris/infer", "POST", OIP)
         assert (code, body["code"]) == (404, "model_not_found")
         assert call(orch.url + "/run_model?model=mnist", "POST", SAMPLE)[0] in (200, 503)
+
+
+def test_the_dashboard_shows_every_model_its_versions_queue_and_canary(
+    workers: dict[str, Service], tmp_path: Path
+) -> None:
+    with orchestrator(table(tmp_path / "routes.json", workers, iris_queue=7)) as orch:
+        wait_for(lambda: all(m["ready_containers"] for m in status(orch)["models"]), what="every model ready")
+        canary = {"model": "digits", "version": "2", "percent": 25, "window_s": 600}
+        code, _, body = call(orch.url + "/admin/canary", "POST", canary)
+        assert code == 201, body
+        dom = chromium(tmp_path / "profile", "--dump-dom", orch.url + "/")
+    rows = dict(re.findall(r'<tr data-model="(\w+)">(.*?)</tr>', dom))
+    assert list(rows) == ["digits", "iris"]
+    cells = {name: re.findall(r"<td[^>]*>([^<]*)</td>", row) for name, row in rows.items()}
+    assert cells["digits"][:4] == ["digits (default)", "1: 1, 2: 1", "2 / 2", "0 / 1000"]
+    assert cells["digits"][5] == "version 2 at 25 %: judging"
+    assert cells["iris"][:4] == ["iris", "7: 1", "1 / 1", "0 / 7"]
+    assert cells["iris"][5] == "\u2013"  # no canary
+    assert cells["iris"][4].endswith(" ms")
+    # each container says which model it serves, beside the version it answered with
+    assert re.search(r'<tr data-container="w1/iris/0">.*?<td>iris</td><td>7</td></tr>', dom), dom
 
 
 def test_pinned_requests_follow_a_container_restarted_with_a_new_version(tmp_path: Path) -> None:
