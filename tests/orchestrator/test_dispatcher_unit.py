@@ -608,3 +608,64 @@ def test_a_request_sent_again_after_an_empty_answer_avoids_that_address_while_an
         assert two.running[-1] == (waiting, la)
 
     asyncio.run(main())
+
+
+def test_requests_put_back_go_to_the_head_in_their_order_and_wait_without_a_slot() -> None:
+    """``put_back`` (a hand-over under way): members go back to the queue's head in their
+    order, their container and deadline timer at the container cleared; an answered member
+    stays out; one whose queue time is spent is answered 503; no slot is handed out."""
+
+    def body() -> None:
+        h = Harness(QueueSpec(max_length=10, timeout_s=30), [spec("a/0", "a")])
+        d = h.dispatcher
+        busy = h.submit()
+        waiting = h.submit()
+        first, answered, spent, last = (h.exchange() for _ in range(4))
+        answered.finish(OK, None)
+        spent.waited = 30.0
+        container = d.containers[0]
+        at_container = asyncio.get_running_loop().call_later(60, lambda: None)
+        for ex in (first, spent, last):
+            ex.container = container
+        first.timer = at_container
+        spent.timer = asyncio.get_running_loop().call_later(60, lambda: None)
+        d.put_back([first, answered, spent, last])
+        assert list(d.queue.values()) == [first, last, waiting]
+        assert at_container.cancelled()
+        assert first.timer is not None
+        assert first.timer is not at_container
+        assert (first.container, last.container) == (None, None)
+        assert spent.done
+        assert spent.timer is None
+        assert spent.key is None
+        assert spent.error is not None
+        assert spent.error.code == "queue_timeout"
+        assert spent.response is None
+        assert answered.key is None
+        h.answer()  # the slot frees: put_back handed nothing out, the next release does
+        assert [ex for ex, _ in h.running] == [first]
+        assert busy.done
+
+    scenario(body)
+
+
+class CountingBatcher:
+    def __init__(self) -> None:
+        self.flushed = 0
+
+    def flush(self) -> None:
+        self.flushed += 1
+
+
+def test_batching_switched_off_flushes_what_waited_for_company_once() -> None:
+    d = Harness().dispatcher
+    one, two = CountingBatcher(), CountingBatcher()
+    d.use_batcher(None)  # off while off: nothing to flush
+    d.use_batcher(one)  # type: ignore[arg-type]
+    assert d.batcher is one
+    d.use_batcher(two)  # type: ignore[arg-type]  # another batcher: still on, no flush
+    assert (one.flushed, two.flushed, d.batcher) == (0, 0, two)
+    d.use_batcher(None)
+    assert (one.flushed, two.flushed, d.batcher) == (0, 1, None)
+    d.use_batcher(None)
+    assert two.flushed == 1
