@@ -119,22 +119,25 @@ class Tick:
     def _locked(self) -> int:
         from onnxfleet.autoscale import guard, state
         from onnxfleet.autoscale.client import Unreachable
-        from onnxfleet.autoscale.policy import Sample, State, decide
+        from onnxfleet.autoscale.policy import Decision, Sample, State, decide, desired_workers
 
         path = self.state_dir / "autoscaler.json"
         before = state.load(path)
-        running = guard.playbooks_running(self.fleet)
-        if running:
-            # the fleet is being changed: what /status says now is a passing state
-            log.info("autoscaler: hold: ansible-playbook running on fleet %s (pid %s)", self.fleet, running)
-            state.save(path, replace(before, window=None))
-            return 0
         try:
             sample = Sample.from_status(self.orchestrator.status())
         except (Unreachable, ValueError) as exc:
             log.error("autoscaler: cannot read the fleet: %s", exc)
             return 1
-        decision, after = decide(self.settings, before, sample, time.time())
+        running = guard.playbooks_running(self.fleet)
+        if running:
+            # the fleet is being changed: what /status says now is a passing state, so the
+            # window starts over once the playbook is done
+            reason = f"ansible-playbook running on fleet {self.fleet} (pid {running})"
+            wanted = desired_workers(self.settings, sample)
+            decision = Decision("hold", sample.nodes, wanted, sample.nodes, reason, None)
+            after = State(window=None, last_action_at=before.last_action_at)
+        else:
+            decision, after = decide(self.settings, before, sample, time.time())
         record = {**decision.as_dict(), "dry_run": self.dry_run}
         arrow = f"{decision.current} → {decision.target}"
         ok = True
