@@ -39,6 +39,7 @@ def from_inventory(project_dir: Path, ansible_args: Sequence[str], ansible: str 
         **os.environ,
         "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
         "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.minimal",
+        "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
     }
     try:
         proc = subprocess.run(
