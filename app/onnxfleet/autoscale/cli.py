@@ -11,9 +11,14 @@ import os
 import signal
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from onnxfleet.autoscale.actuator import Actuator
+    from onnxfleet.autoscale.client import Orchestrator
+    from onnxfleet.autoscale.policy import Settings
 
 log = logging.getLogger("onnxfleet.autoscale")
 
@@ -82,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         return tick.run()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_signal: stop.set())
     log.info("autoscaling fleet %s every %gs", args.fleet, args.interval, extra={"settings": vars(settings)})
     while not stop.is_set():
         tick.run()
@@ -90,20 +95,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
 class Tick:
     """One decision: read, decide, act (or say it would), record."""
 
-    def __init__(self, **parts: Any) -> None:
-        from onnxfleet.autoscale.actuator import Actuator
-        from onnxfleet.autoscale.client import Orchestrator
-        from onnxfleet.autoscale.policy import Settings
-
-        self.settings: Settings = parts["settings"]
-        self.fleet: str = parts["fleet"]
-        self.state_dir: Path = parts["state_dir"]
-        self.orchestrator: Orchestrator = parts["orchestrator"]
-        self.actuator: Actuator = parts["actuator"]
-        self.dry_run: bool = parts["dry_run"]
+    settings: Settings
+    fleet: str
+    state_dir: Path
+    orchestrator: Orchestrator
+    actuator: Actuator
+    dry_run: bool
 
     def run(self) -> int:
         """0 when it decided (a hold included), 1 when it could not read the fleet or act."""

@@ -15,7 +15,6 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 DEFAULT_FLEET = "onnxfleet"
 
@@ -27,15 +26,12 @@ class Busy(Exception):
 @contextmanager
 def exclusive(state_dir: Path) -> Iterator[None]:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle: IO[bytes] = (state_dir / "autoscaler.lock").open("ab")
-    try:
+    with (state_dir / "autoscaler.lock").open("ab") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise Busy(f"another autoscaler holds {state_dir / 'autoscaler.lock'}") from None
         yield
-    finally:
-        handle.close()
 
 
 def _fleet_of(environ: bytes) -> str:

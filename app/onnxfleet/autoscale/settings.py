@@ -48,9 +48,9 @@ def from_inventory(project_dir: Path, ansible_args: Sequence[str], ansible: str 
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ValueError(f"{' '.join(command)}: {exc}") from None
     # minimal: "localhost | SUCCESS => {...}"
-    _, arrow, answer = proc.stdout.partition("=>")
+    answer = proc.stdout.partition("=>")[2]
     try:
-        value = json.loads(answer)["fleet_autoscaling"] if arrow and proc.returncode == 0 else None
+        value = json.loads(answer)["fleet_autoscaling"] if answer and proc.returncode == 0 else None
     except (ValueError, KeyError, TypeError):
         value = None
     if value is None or value == "VARIABLE IS NOT DEFINED!":
