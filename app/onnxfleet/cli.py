@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("onnxfleet.worker.cli", "serve one ONNX model over HTTP (Flask, gunicorn, onnxruntime)"),
     "orchestrator": ("onnxfleet.orchestrator.cli", "the fleet's queueing front door (one gunicorn worker)"),
     "load": ("onnxfleet.load.cli", "send requests with K concurrent workers; summarise latency, errors"),
+    "autoscale": ("onnxfleet.autoscale.cli", "scale the worker nodes from the queue, through site.yml"),
 }
 
 

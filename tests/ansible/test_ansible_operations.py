@@ -3,7 +3,8 @@ scenario runs steady load through the orchestrator, counts every request, and no
 fail. In order: rollout to version 2; a worker node stopped; scale out 4 -> 6 in the
 run that brings the stopped node back (site.yml keeps version 2 in service and replaces
 no serving container; the new nodes join at version 2, with version 1 to roll back to);
-a broken rollout; a worker container killed; scale in 6 -> 3; rollback of the three to
+a broken rollout; a worker container killed; scale in 6 -> 3 (by `onnxfleet autoscale --once`,
+site.yml underneath); rollback of the three to
 version 1; then the orchestrator's restart (after which site.yml changes nothing) and an
 upgrade of its image, each a blue/green hand-over behind the edge. The load goes through
 the edge (HTTPS, the client token).
@@ -23,6 +24,7 @@ import hashlib
 import json
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -385,10 +387,33 @@ def test_a_killed_worker_container_costs_no_request(ops: DeployedFleet) -> None:
     watched.check("worker container killed")
 
 
-def test_scale_in_drains_the_nodes_before_they_go(ops: DeployedFleet) -> None:
+def autoscale_once(
+    fleet: DeployedFleet, directory: Path, **settings: Any
+) -> subprocess.CompletedProcess[str]:
+    """``onnxfleet autoscale --once`` with its real actuator (site.yml, the scenario's vars
+    file first), reading /status through the edge with the client token."""
+    (directory / "token").write_text(fleet.token)
+    (directory / "settings.json").write_text(json.dumps({"fleet_autoscaling": {"enabled": True, **settings}}))
+    return run(
+        [
+            sys.executable, "-m", "onnxfleet", "autoscale", "--once", "--fleet", fleet.name,
+            "--url", fleet.url, "--cacert", str(fleet.cacert), "--token-file", str(directory / "token"),
+            "--settings", str(directory / "settings.json"), "--state-dir", str(directory / "state"),
+            "--project-dir", str(ROOT), "--playbook-arg=-e", f"--playbook-arg={fleet.vars_file}",
+        ],
+        env=fleet.env(),
+        timeout=1500,
+    )  # fmt: skip
+
+
+def test_scale_in_drains_the_nodes_before_they_go(ops: DeployedFleet, tmp_path: Path) -> None:
+    """The scale in is the autoscaler's: at most 8 requests at once on 12 containers is
+    well under 2 per container, so target tracking wants the minimum, 3, in one step."""
     with under_load(ops) as watched:
-        proc = playbook(ops, "site.yml", "-e", "fleet_worker_count=3")
+        proc = autoscale_once(ops, tmp_path, min_workers=3, max_workers=6, max_step=3, scale_in_delay_s=0)
     assert proc.returncode == 0, explain(proc)
+    assert "autoscaler: scaling 6 \\u2192 3 because" in proc.stderr, explain(proc)
+    assert "playbooks/site.yml -e fleet_worker_count=3" in proc.stderr, explain(proc)
     # An idle container leaves the table at once, between two /status samples: the drain is
     # proven by no failed request (checked here) and by the retire play having waited for
     # the orchestrator to let go of them before the nodes were removed.

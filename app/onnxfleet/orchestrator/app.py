@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from onnxfleet.orchestrator.admin import Admin
+from onnxfleet.orchestrator.autoscaler import AutoscalerRecord
 from onnxfleet.orchestrator.batching import BatchCollector, Batcher
 from onnxfleet.orchestrator.dispatcher import Dispatcher
 from onnxfleet.orchestrator.errors import HTTPError, ShuttingDown
@@ -62,6 +63,8 @@ class Orchestrator:
         self.models = Models(table, limits)
         self.metrics = Metrics(self.models)
         self.metrics.registry.register(BatchCollector(self._batchers))
+        self.autoscaler = AutoscalerRecord()
+        self.metrics.registry.register(self.autoscaler)
         self.jobs = JobStore(
             settings.job_ttl_s,
             settings.max_jobs,
@@ -77,7 +80,9 @@ class Orchestrator:
         )
         self.inference = Inference(self.guards, self.jobs, self.metrics, self.history, settings.access_log)
         self.admin = Admin(settings, self.models, self.drains, self.guards, self.later)
-        self.observe = Observe(self.models, self.metrics, self.jobs, self.history, body_budget)
+        self.observe = Observe(
+            self.models, self.metrics, self.jobs, self.history, body_budget, autoscaler=self.autoscaler
+        )
         self.tasks: set[asyncio.Task[Any]] = set()
         self._second: asyncio.TimerHandle | None = None
         self.api_router, self.admin_router = self._routes()
@@ -150,6 +155,7 @@ class Orchestrator:
         admin.add("POST", "/admin/canary", self.admin.start_canary, guards.admin)
         admin.add("GET", "/admin/canary", self.admin.get_canary, guards.admin)
         admin.add("DELETE", "/admin/canary", self.admin.end_canary, guards.admin)
+        admin.add("PUT", "/admin/autoscaler", self.autoscaler.put, guards.admin)
         if admin is not api:
             admin.add("GET", "/healthz", self.observe.healthz)
             admin.add("GET", "/readyz", self.observe.readyz)

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from onnxfleet.orchestrator.messages import Reply, Request, json_reply
 
 if TYPE_CHECKING:
+    from onnxfleet.orchestrator.autoscaler import AutoscalerRecord
     from onnxfleet.orchestrator.dispatcher import Dispatcher
     from onnxfleet.orchestrator.history import History
     from onnxfleet.orchestrator.jobs import JobStore
@@ -36,12 +37,15 @@ class Observe:
         jobs: JobStore,
         history: History,
         body_budget: BodyBudget | None = None,
+        *,
+        autoscaler: AutoscalerRecord | None = None,
     ) -> None:
         self.models = models
         self.metrics = metrics
         self.jobs = jobs
         self.history = history
         self.body_budget = body_budget  # the HTTP servers' (None: no server, as in unit tests)
+        self.autoscaler = autoscaler
         self.started = time.time()
 
     def status(self) -> dict[str, Any]:
@@ -89,6 +93,7 @@ class Observe:
                 "max": self.body_budget.capacity,
             },
             "history": self.history.view(),
+            "autoscaler": None if self.autoscaler is None else self.autoscaler.view(),
             "uptime_s": round(time.time() - self.started, 1),
         }
 
