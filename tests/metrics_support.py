@@ -33,7 +33,11 @@ def histogram_bounds(text: str, name: str) -> list[str]:
     raise AssertionError(f"no histogram {name}")
 
 
-def naming_problems(text: str, prefix: str) -> list[str]:
+# The orchestrator's /metrics: its own families and the autoscaler's decisions it reports.
+ORCHESTRATOR_PREFIXES = ("onnxfleet_orchestrator_", "onnxfleet_autoscaler_")
+
+
+def naming_problems(text: str, prefix: str | tuple[str, ...]) -> list[str]:
     """Where the exposition breaks https://prometheus.io/docs/practices/naming/ (or the
     project's own rules: one prefix, ``code`` for the HTTP status)."""
     problems: list[str] = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from onnxfleet.orchestrator.routes import RoutesError, load_table, parse_table
-from tests.metrics_support import LATENCY_BOUNDS, histogram_bounds, naming_problems
+from tests.metrics_support import LATENCY_BOUNDS, ORCHESTRATOR_PREFIXES, histogram_bounds, naming_problems
 from tests.orchestrator.inproc import in_process
 from tests.orchestrator.orch_support import SimFleet, call, routes, status
 
@@ -80,7 +80,7 @@ def test_status_and_metrics(sim: SimFleet, tmp_path: Path) -> None:
             'onnxfleet_orchestrator_container_up{container="b/0"} 1.0',
         ):
             assert expected in lines, expected
-        assert naming_problems(text, "onnxfleet_orchestrator_") == []
+        assert naming_problems(text, ORCHESTRATOR_PREFIXES) == []
         # the worker's buckets (tests/worker/test_endpoints.py): one PromQL query reads both
         for name in ("queue_wait_seconds", "request_duration_seconds"):
             assert histogram_bounds(text, f"onnxfleet_orchestrator_{name}") == list(LATENCY_BOUNDS), name

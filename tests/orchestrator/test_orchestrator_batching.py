@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.metrics_support import naming_problems
+from tests.metrics_support import ORCHESTRATOR_PREFIXES, naming_problems
 from tests.orchestrator.batch_support import FORMATS, Answer, client_request, post
 from tests.orchestrator.inproc import InProcess, in_process
 from tests.orchestrator.orch_support import SimFleet, call, raw_request, read_answer, wait_for
@@ -345,7 +345,7 @@ def test_status_metrics_and_reload_switch_batching_on_and_off(echo: SimFleet, tm
         assert 'onnxfleet_orchestrator_batch_size_bucket{le="4.0"} 2.0' in metrics
         assert "onnxfleet_orchestrator_batch_size_count 2.0" in metrics
         assert "onnxfleet_orchestrator_batch_rows_total 5.0" in metrics
-        assert naming_problems(metrics, "onnxfleet_orchestrator_") == []
+        assert naming_problems(metrics, ORCHESTRATOR_PREFIXES) == []
         plain = json.loads(routes_file.read_text())
         del plain["batching"]
         routes_file.write_text(json.dumps(plain))

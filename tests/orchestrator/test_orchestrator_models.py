@@ -15,7 +15,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.metrics_support import LATENCY_BOUNDS, histogram_bounds, naming_problems
+from tests.metrics_support import LATENCY_BOUNDS, ORCHESTRATOR_PREFIXES, histogram_bounds, naming_problems
 from tests.orchestrator.orch_support import call, chromium, orchestrator, status, wait_for
 from tests.orchestrator.test_orchestrator_workers import DIGITS, SAMPLE
 from tests.support import Service, free_port
@@ -144,7 +144,7 @@ def test_requests_reach_their_model_and_version_only(workers: dict[str, Service]
         assert 'onnxfleet_orchestrator_queue_depth{model="iris"} 0.0' in metrics
         assert 'onnxfleet_orchestrator_requests_total{code="200",model="iris"} 22.0' in metrics
         assert 'onnxfleet_orchestrator_queue_wait_seconds_count{model="digits"}' in metrics
-        assert naming_problems(metrics, "onnxfleet_orchestrator_") == []
+        assert naming_problems(metrics, ORCHESTRATOR_PREFIXES) == []
         assert histogram_bounds(metrics, "onnxfleet_orchestrator_request_duration_seconds") == list(
             LATENCY_BOUNDS
         )
