@@ -49,7 +49,6 @@ def on_loopback(args: argparse.Namespace) -> list[dict[str, Any]]:
         script.write_text(wrk_script(body, None))
         fleet_args = argparse.Namespace(max_batch_size=32, max_delay_ms=0.0, access_log=True)
         with LocalFleet(fleet_args, work) as fleet:
-            fleet.orchestrators["off"].__exit__(None, None, None)  # the fleet's mode only
             orch = fleet.orchestrators["on"]
             pid = worker_pid(orch)
             for clients in args.clients:
