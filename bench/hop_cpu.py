@@ -153,6 +153,16 @@ def published_url(fleet: str) -> str:
     return "https://" + out.stdout.splitlines()[0].split("-> ")[1].strip()
 
 
+def node_url(fleet: str) -> str:
+    """The edge at the orchestrator node's own address (as a client reaches an EC2 node),
+    not through this machine's docker-proxy for the published port."""
+    node = f"{fleet}-orchestrator"
+    inspect = ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", node]
+    address = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.split()[0]
+    mapping = subprocess.run(["docker", "port", node], capture_output=True, text=True, check=True).stdout
+    return f"https://{address}:{mapping.split('/', 1)[0].strip()}"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     fleet = args.fleet
     state = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "onnxfleet" / fleet
@@ -164,7 +174,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sys.exit(f"no nodes labelled onnxfleet.fleet={fleet} (ONNXFLEET_FLEET / --fleet)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT.format(body=request_body(), token=token))
-    wrk = ["wrk", "-t1", f"-c{args.connections}", "--timeout", "10s", "-s", script.name, f"{url}/run_model"]
+    target = node_url(fleet) if getattr(args, "node_address", False) else url
+    wrk = [
+        "wrk",
+        "-t1",
+        f"-c{args.connections}",
+        "--timeout",
+        "10s",
+        "-s",
+        script.name,
+        f"{target}/run_model",
+    ]
     try:
         subprocess.run([*wrk[:2], "-c4", "-d2s", *wrk[3:]], capture_output=True, check=True)  # warm-up
         batching_before = status(url, token, ca).get("batching", {})
@@ -190,6 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     counted = sum(u + s for u, s in rows.values())
     return {
         "fleet": fleet,
+        "url": target,
         "connections": args.connections,
         "duration_s": result["duration_us"] / 1e6,
         "requests": result["requests"],
@@ -249,13 +270,19 @@ def main() -> int:
     parser.add_argument("--fleet", default=os.environ.get("ONNXFLEET_FLEET") or "onnxfleet")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=int, default=20, help="seconds of load")
+    parser.add_argument(
+        "--node-address",
+        action="store_true",
+        help="wrk to the orchestrator node's address, not the port published on this machine",
+    )
     parser.add_argument("--rows", action="store_true", help="also every (node, part) row")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     figures = run(args)
     print(
-        f"fleet {figures['fleet']}: wrk -t1 -c{figures['connections']} {figures['duration_s']:.0f}s through "
-        f"the edge: {figures['requests']} requests, {figures['rps']} req/s, p50 {figures['p50_ms']:.1f} ms, "
+        f"fleet {figures['fleet']}: wrk -t1 -c{figures['connections']} {figures['duration_s']:.0f}s to "
+        f"{figures['url']}: {figures['requests']} requests, {figures['rps']} req/s, "
+        f"p50 {figures['p50_ms']:.1f} ms, "
         f"p99 {figures['p99_ms']:.1f} ms, errors {figures['errors']}, mean batch {figures['mean_batch']}; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
