@@ -34,6 +34,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
+FORMAT = "{{.ID}}\t{{.Names}}"
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '{body}'
@@ -85,7 +86,29 @@ def fleet_nodes(fleet: str) -> dict[str, str]:
         text=True,
         check=True,
     ).stdout
-    return dict(line.split("\t") for line in out.splitlines() if line)
+    nodes = dict(line.split("\t") for line in out.splitlines() if line)
+    # The nodes' own engines put their containers in cgroups of their own (/docker/<id>,
+    # beside the node's): named "<node>:<container>"
+    for name in list(nodes.values()):
+        inner = subprocess.run(
+            [
+                "docker",
+                "exec",
+                f"{fleet}-{name}",
+                "docker",
+                "ps",
+                "--no-trunc",
+                "--format",
+                "{{.ID}}\t{{.Names}}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        for line in inner.splitlines():
+            cid, container = line.split("\t")
+            nodes[cid] = f"{name}:{container}"
+    return nodes
 
 
 def classify(pid: str, nodes: dict[str, str], published: str) -> tuple[str, str] | None:
@@ -96,19 +119,27 @@ def classify(pid: str, nodes: dict[str, str], published: str) -> tuple[str, str]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return None
-    node = next((name for cid, name in nodes.items() if cid in cgroup), None)
+    where = next((name for cid, name in nodes.items() if cid in cgroup), None)
+    node, _, container = (where or "").partition(":")
+    if container:
+        return (node, "orchestrator" if "orchestrator" in container else f"worker {container}")
+    node = where
     if node is None:
         # on this machine: the load, and what forwards the published port to the edge
         proxy = comm == "docker-proxy" and f"-host-port {published}" in cmdline
         host = comm in {"wrk", "dockerd"} or proxy
         return ("host", PARTS[comm]) if host else None
-    worker = re.search(r"--container-name (\S+)", cmdline)
+    # gunicorn names its processes "gunicorn: worker [<proc_name>]": the workers' proc_name
+    # is onnxfleet-worker-<container>, the orchestrator's the default
+    worker = re.search(r"--container-name (\S+)|^gunicorn: \w+ \[onnxfleet-worker-(\S+)\]", cmdline)
     if comm in PARTS:
         part = PARTS[comm]
-    elif re.search(r"\borchestrator\b", cmdline) and "--routes" in cmdline:
+    elif worker:
+        part = f"worker {worker.group(1) or worker.group(2)}"
+    elif node == "orchestrator" and (cmdline.startswith("gunicorn: ") or "--routes" in cmdline):
         part = "orchestrator"
     else:
-        part = f"worker {worker.group(1)}" if worker else "other"
+        part = "other"
     return (node, part)
 
 
