@@ -10,7 +10,7 @@ containers, and four paths lead to them:
 - ``orchestrator``: the orchestrator's API listener, plain HTTP, with a client token;
 - ``haproxy tls``: the same HAProxy with TLS on its listener (the edge's TLS settings);
 - ``front door``: the edge as roles/edge renders it (TLS, limits, per-client tracking with
-  a limit no client reaches, `http-server-close` to the orchestrator) in front of that same
+  a limit no client reaches, keep-alive to the orchestrator) in front of that same
   orchestrator.
 
 `wrk` (one thread, ``--connections`` keep-alive clients, a small JSON POST with a bearer
