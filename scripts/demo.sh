@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: from a fresh machine to a serving local fleet, then a real prediction.
-#   1. make setup (venv, Docker engine, base image, wheelhouse; quick when done)
+#   1. make setup without the test-only parts (scripts/setup.sh --demo: no browser, no
+#      haproxy or wrk on the controller, no Prometheus unpacked; quick when done)
 #   2. ansible-playbook site.yml: 4 worker nodes x 2 model containers + the orchestrator
 #      behind the edge (HAProxy, HTTPS + tokens),
 #      as Docker-in-Docker containers on this machine (a re-run changes nothing)
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
+scripts/setup.sh --demo
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg"
 
 printf '\033[1m[demo]\033[0m ansible-playbook site.yml %s\n' "$*"

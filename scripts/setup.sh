@@ -8,7 +8,11 @@
 #   5. the base image (official python slim, or one built from Debian packages offline)
 #   6. the wheelhouse the images install from (no network during docker build)
 #   7. Debian's Prometheus and promtool, unpacked in .cache/prometheus for the tests
+# `scripts/setup.sh --demo` (make demo) leaves out what only the tests and benchmarks use:
+# haproxy, chromium and wrk on the controller, and step 7.
 set -euo pipefail
+demo=false
+[ "${1:-}" = --demo ] && demo=true
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 CACHE=$ROOT/.cache
@@ -19,7 +23,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- 1. system packages -------------------------------------------------------------
 need_pkgs=()
-for pkg in docker.io debootstrap haproxy chromium wrk; do
+pkgs=(docker.io debootstrap)
+$demo || pkgs+=(haproxy chromium wrk)
+for pkg in "${pkgs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -95,7 +101,7 @@ scripts/wheelhouse.sh
 # orchestrator node) against processes on loopback. Unpacked, not installed: the package
 # would start a server on this machine's every address.
 prom=.cache/prometheus
-if [ ! -x "$prom/usr/bin/promtool" ]; then
+if ! $demo && [ ! -x "$prom/usr/bin/promtool" ]; then
     log "unpacking Debian's prometheus package into $prom"
     deb=$(ls /var/cache/apt/archives/prometheus_*.deb 2>/dev/null | tail -1 || true)
     if [ -z "$deb" ]; then

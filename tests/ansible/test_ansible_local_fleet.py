@@ -57,6 +57,10 @@ def remove_all() -> None:
         docker("rm", "-f", name)
     for name in docker("volume", "ls", "-q", "--filter", LABEL).split():
         docker("volume", "rm", "-f", name)
+    for name in docker("ps", "-aq", "--filter", f"label=onnxfleet.seed-of={FLEET}").split():
+        docker("rm", "-f", name)
+    for name in docker("volume", "ls", "-q", "--filter", f"label=onnxfleet.seed-of={FLEET}").split():
+        docker("volume", "rm", "-f", name)
     for name in docker("network", "ls", "-q", "--filter", LABEL).split():
         docker("network", "rm", name)
     subprocess.run(["docker", "rm", "-f", OTHER_NODE], capture_output=True, check=False)
@@ -110,6 +114,12 @@ class Fleet:
 
     def ansible(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return self.run("ansible", "onnxfleet", *INVENTORY, "-o", *args, **env)
+
+
+def task_output(output: str, task: str) -> str:
+    """What ansible-playbook printed for ``task`` ("role : name"), up to the next task."""
+    assert f"{task}]" in output, f"no task {task}"
+    return output.split(f"{task}]", 1)[1].split("TASK [", 1)[0]
 
 
 def apt_update_behind_a_busy_cache(node: str) -> tuple[str, list[str]]:
@@ -174,13 +184,14 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(
     assert orchestrator["HostConfig"]["CgroupnsMode"] == "host"
     assert json.loads(docker("inspect", f"{FLEET}-worker-1"))[0]["HostConfig"]["PortBindings"] in ({}, None)
 
-    # The nodes are instances: systemd is PID 1, sshd runs, no Docker yet, and the image
-    # carries no SSH host key (each node made its own at first boot).
+    # The nodes are instances of the baked image: systemd is PID 1, sshd runs, Docker Engine
+    # is installed and started at boot (as docker_engine leaves it), and the image carries
+    # no SSH host key (each node made its own at first boot).
+    assert orchestrator["Config"]["Image"].startswith("onnxfleet-node-engine:")
     for node in nodes:
         assert docker("exec", node, "cat", "/proc/1/comm") == "systemd"
         assert docker("exec", node, "systemctl", "is-active", "ssh") == "active"
-        no_docker = subprocess.run(["docker", "exec", node, "test", "-e", "/usr/bin/dockerd"], check=False)
-        assert no_docker.returncode == 1
+        assert docker("exec", node, "systemctl", "is-enabled", "docker") == "enabled"
     # A cache that answers 503 as apt-cacher-ng does when nodes refresh one index
     # together: apt retries and finishes (bookworm's delayed retry would hang for good).
     status, served = apt_update_behind_a_busy_cache(nodes[0])
@@ -297,19 +308,29 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(
     assert objects["volumes"] == sorted(f"{n}-docker" for n in remaining)
     assert sorted(fleet.inventory()["workers"]["hosts"]) == [f"{FLEET}-worker-1"]  # type: ignore[index]
 
-    # The smallest whole fleet on those two nodes (one container), by the installed
-    # collection's site playbook: it builds the image from the app/ it ships (the same
-    # content hash as the checkout's, so the session's image if it is there) and serves a
-    # prediction through the edge, with the fleet's own CA and token.
+    # The smallest whole fleet on those two nodes and a new worker-2 (one container each),
+    # by the installed collection's site playbook: it builds the image from the app/ it
+    # ships (the same content hash as the checkout's, so the session's image if it is
+    # there) and serves a prediction through the edge, with the fleet's own CA and token.
     smallest = [
         "-e",
-        "fleet_worker_count=1",
+        "fleet_worker_count=2",
         "-e",
         "fleet_worker_containers=1",
         "-e",
         f"fleet_published_port={port}",
     ]
     fleet.converge(*smallest, playbook="onnxfleet.serving.site")
+    # No node installs Docker (baked), and worker-2, made by this run, started with the app
+    # image in its engine (the seed): it neither fetches nor loads it, while worker-1, made
+    # before the image was built, does.
+    installs = task_output(fleet.output, "docker_engine : Install Docker Engine (Debian, Ubuntu)")
+    assert "changed: [" not in installs, installs
+    assert "ok: [" not in installs, installs
+    fetches = task_output(fleet.output, "app_image : Fetch the archive, its sha256 checked")
+    assert f"skipping: [{FLEET}-worker-2]" in fetches, fetches
+    assert f"changed: [{FLEET}-worker-1]" in fetches, fetches
+    assert docker("volume", "ls", "-q", "--filter", f"label=onnxfleet.seed-of={FLEET}"), "no seed volume"
     card = json.loads((ROOT / "app" / "models" / "digits.json").read_text())
     token = (fleet.state_dir / "tokens" / "default").read_text().strip()
     request = urllib.request.Request(
@@ -329,6 +350,7 @@ def test_local_nodes_are_ec2_like_and_found_scaled_in_and_torn_down(
     teardown = "onnxfleet.serving.teardown"
     assert fleet.converge(playbook=teardown)["localhost"]["changed"] > 0
     assert fleet_objects() == {"containers": [], "volumes": [], "networks": []}
+    assert not docker("volume", "ls", "-q", "--filter", f"label=onnxfleet.seed-of={FLEET}"), "a seed was left"
     assert not (fleet.state_dir / "known_hosts").exists()
     assert docker("ps", "-q", "--filter", f"name={OTHER_NODE}"), "another fleet's node was removed"
     assert fleet.converge(playbook=teardown)["localhost"]["changed"] == 0, (
