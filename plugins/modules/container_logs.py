@@ -15,7 +15,7 @@ description:
     returns a container's log, and an operator needs it to see why a container did not
     become ready.
   - With O(fail_msg), the module fails with that message followed by each container's
-    lines: the one task of a C(rescue) that stops the play.
+    lines, the one task of a C(rescue) that stops the play.
   - A container that does not exist gives Docker's error as its lines; it does not fail
     the module.
 author:

@@ -11,7 +11,7 @@ short_description: Whether the node's Docker engine can be asked, in check mode
 version_added: 0.3.0
 description:
   - In check mode, asks the node's Docker engine (C(docker version)) and returns whether it
-    answered: a node whose Docker is not installed yet (the C(docker_engine) role only says
+    answered. A node whose Docker is not installed yet (the C(docker_engine) role only says
     what it would do) has no engine, and the roles' tasks that ask it are skipped.
   - In a real run the engine is there (the C(docker_engine) role installed and started it)
     and the module returns RV(up=true) without asking; a task that needs the engine then

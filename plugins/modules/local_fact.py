@@ -11,7 +11,7 @@ short_description: Read or write a node's local fact (a JSON object in /etc/ansi
 version_added: 0.3.0
 description:
   - Reads the JSON object a local fact file holds (what C(ansible -m setup) shows as
-    C(ansible_local.<name>)), or, with O(value), writes that object to it: the record a
+    C(ansible_local.<name>)), or, with O(value), writes that object to it - the record a
     role keeps on the node (the colour that serves, the model version a node serves).
   - A missing file reads as an empty object; a file that is not a JSON object fails the
     task, naming the file.
