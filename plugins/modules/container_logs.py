@@ -36,16 +36,8 @@ options:
     description:
       - When given, fail with this message and the containers' last lines.
     type: str
-  docker_cli:
-    description:
-      - The Docker command line client (a name on the node's E(PATH), or a path). It talks
-        to the engine of E(DOCKER_HOST), by default the node's.
-    type: str
-    default: docker
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads.
+extends_documentation_fragment:
+  - onnxfleet.serving.docker_cli
 """
 
 EXAMPLES = r"""
