@@ -67,7 +67,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 def last_lines(module, cli, name, count):
     """The container's last ``count`` lines: its output, then its errors (or Docker's)."""
-    _, out, err = module.run_command([cli, "logs", "--tail", str(count), name])
+    out, err = module.run_command([cli, "logs", "--tail", str(count), name])[1:]
     lines = out.splitlines() + err.splitlines()
     return lines[-count:] if count > 0 else []
 

@@ -69,7 +69,7 @@ def main():
             asked=True,
             reason="no %s client on the node" % module.params["docker_cli"],
         )
-    code, _, err = module.run_command([cli, "version", "--format", "{{.Server.Version}}"])
+    code, err = module.run_command([cli, "version", "--format", "{{.Server.Version}}"])[::2]
     if code != 0:
         module.exit_json(
             changed=False, up=False, asked=True, reason=err.strip() or "docker version exited %d" % code
