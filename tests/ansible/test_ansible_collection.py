@@ -43,10 +43,28 @@ def test_the_artifact_documents_its_roles_and_plugins(artifact: Path) -> None:
     roles = sorted(p.name for p in (installed / "roles").iterdir())
     for kind, names in (
         ("role", roles),
-        ("module", ["fleet_image", "http_ready", "aws_fleet_info", "orchestrator_admin"]),
+        (
+            "module",
+            [
+                "fleet_image",
+                "http_ready",
+                "aws_fleet_info",
+                "orchestrator_admin",
+                "local_fact",
+                "container_logs",
+                "docker_engine_up",
+            ],
+        ),
         (
             "filter",
-            ["routing_table", "natural_sort", "api_token_lines", "subject_alt_names", "aws_fleet_launches"],
+            [
+                "routing_table",
+                "natural_sort",
+                "api_token_lines",
+                "subject_alt_names",
+                "aws_fleet_launches",
+                "container_hardening",
+            ],
         ),
     ):
         for name in names:
