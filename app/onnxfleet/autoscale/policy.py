@@ -14,22 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 Action = Literal["scale_out", "scale_in", "hold"]
 Direction = Literal["out", "in"]
 ACTIONS: tuple[Action, ...] = ("scale_out", "scale_in", "hold")
-
-_DEFAULTS: dict[str, Any] = {
-    "enabled": False,
-    "min_workers": 1,
-    "max_workers": 8,
-    "target_ongoing_requests": 2.0,
-    "scale_out_delay_s": 30.0,
-    "scale_in_delay_s": 600.0,
-    "max_step": 2,
-}
 
 
 @dataclass(frozen=True)
@@ -49,12 +39,13 @@ class Settings:
         """Raises ValueError naming the field and what was expected."""
         if not isinstance(raw, Mapping):
             raise ValueError(f"fleet_autoscaling: expected a mapping, got {type(raw).__name__}")
-        unknown = sorted(set(raw) - set(_DEFAULTS))
+        defaults = {f.name: f.default for f in fields(cls)}
+        unknown = sorted(set(raw) - set(defaults))
         if unknown:
             raise ValueError(
-                f"fleet_autoscaling: unknown key(s) {unknown}: expected some of {sorted(_DEFAULTS)}"
+                f"fleet_autoscaling: unknown key(s) {unknown}: expected some of {sorted(defaults)}"
             )
-        values = {**_DEFAULTS, **raw}
+        values = {**defaults, **raw}
         if not isinstance(values["enabled"], bool):
             raise ValueError("fleet_autoscaling.enabled: expected true or false")
         for key in ("min_workers", "max_workers", "max_step"):
