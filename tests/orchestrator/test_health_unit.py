@@ -156,3 +156,70 @@ def test_a_request_moved_on_by_the_checks_says_why() -> None:
             assert "a: a failed its health checks before answering (/readyz: no answer)" in ex.error.message
 
     run(main)
+
+
+class Versioned:
+    """Answers checks ready with ``X-Model-Version: <version>``, or closes without answering."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.answer = True
+        self.checks = 0
+
+    async def __call__(self, _r: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> bool:
+        self.checks += 1
+        if not self.answer:
+            return False
+        head = f"HTTP/1.1 200 OK\r\nX-Model-Version: {self.version}\r\nContent-Length: 2\r\n\r\n{{}}"
+        writer.write(head.encode())
+        return True
+
+
+def test_the_checks_record_the_version_a_container_names_and_keep_it_through_failures() -> None:
+    from onnxfleet.orchestrator.health import HealthChecker
+
+    async def main() -> None:
+        versioned = Versioned("7")
+        async with Scripted(versioned) as a:
+            fleet = Fleet([a.spec("a")])
+            c = fleet.container("a")
+            checker = HealthChecker(fleet.dispatcher, fleet.forwarder, HealthSpec(interval_s=0.01, fall=5))
+            checker.sync()
+            await until(lambda: c.model_version == "7")
+            versioned.version = "8"  # restarted with another version
+            await until(lambda: c.model_version == "8")
+            versioned.answer = False  # checks that get no answer name no version
+            seen = versioned.checks
+            await until(lambda: versioned.checks >= seen + 2)
+            assert c.last_error is not None
+            assert c.model_version == "8"
+            assert c.healthy  # 2 failures of the 5 that take it down
+            await checker.close()
+
+    run(main)
+
+
+def test_a_version_change_with_a_failed_check_takes_the_container_down_and_moves_its_request_on() -> None:
+    from onnxfleet.orchestrator.health import HealthChecker
+
+    async def silent(reader: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
+        await read_request(reader)
+        return False
+
+    async def main() -> None:
+        async with Scripted(silent) as a:
+            fleet = Fleet([a.spec("a")], retries=0)
+            c = fleet.container("a")
+            c.model_version = "1"
+            checker = HealthChecker(fleet.dispatcher, fleet.forwarder, HealthSpec(fall=1, rise=1))
+            checker.record(c, None, None)  # a check that names no version keeps the one known
+            assert c.model_version == "1"
+            _, done = fleet.send()
+            await until(lambda: len(a.requests) == 1)
+            checker.record(c, "/readyz answered 503", "2")
+            assert (c.model_version, c.healthy, c.last_error) == ("2", False, "/readyz answered 503")
+            ex = await asyncio.wait_for(done, 2)
+            assert ex.error is not None
+            assert "a: a failed its health checks before answering (/readyz answered 503)" in ex.error.message
+
+    run(main)
