@@ -91,11 +91,13 @@ def test_a_fact_that_is_not_an_object_fails_naming_the_file(tmp_path: Path, text
 
 @pytest.fixture(scope="module")
 def chatty(onnxfleet_image: dict[str, str]) -> Iterator[str]:
-    """A stopped container that wrote out-1..out-5 to its output, then err-1 to its errors."""
+    """A stopped container that wrote out-1..out-5 to its output, then err-1 to its errors.
+    The engine copies the two streams separately: without the pause, a loaded machine (CI)
+    once logged err-1 before the out- lines."""
     name = f"worker-role-test-logs-{uuid.uuid4().hex[:8]}"
     script = (
-        "import sys\nfor i in range(1, 6): print(f'out-{i}')\n"
-        "sys.stdout.flush()\nprint('err-1', file=sys.stderr)"
+        "import sys, time\nfor i in range(1, 6): print(f'out-{i}')\n"
+        "sys.stdout.flush()\ntime.sleep(2)\nprint('err-1', file=sys.stderr)"
     )
     subprocess.run(
         ["docker", "run", "--name", name, "--entrypoint", "python3", onnxfleet_image["image"], "-c", script],
