@@ -15,6 +15,12 @@ READY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 UNREADY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}"
 
 
+async def silent(reader: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
+    """Reads a request and never answers it."""
+    await read_request(reader)
+    return False
+
+
 class Readiness:
     """Answers checks READY or UNREADY as told; counts them."""
 
@@ -60,10 +66,6 @@ def test_the_checker_marks_down_after_fall_and_up_after_rise() -> None:
 
 def test_when_the_last_container_goes_down_the_queue_fails_and_waiting_requests_move_on() -> None:
     from onnxfleet.orchestrator.health import HealthChecker
-
-    async def silent(reader: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
-        await read_request(reader)  # never answers
-        return False
 
     async def main() -> None:
         async with Scripted(silent) as a, Scripted(answer_ok) as b:
@@ -140,17 +142,19 @@ def test_what_a_failed_check_records(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_request_moved_on_by_the_checks_says_why() -> None:
     from onnxfleet.orchestrator.health import HealthChecker
 
-    async def silent(reader: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
-        await read_request(reader)
-        return False
-
     async def main() -> None:
         async with Scripted(silent) as a:
             fleet = Fleet([a.spec("a")], retries=0)
+            c = fleet.container("a")
+            c.model_version = "1"
             checker = HealthChecker(fleet.dispatcher, fleet.forwarder, HealthSpec(fall=1, rise=1))
+            checker.record(c, None, None)  # a check that names no version keeps the one known
+            assert c.model_version == "1"
             _, done = fleet.send()
             await until(lambda: len(a.requests) == 1)
-            checker.record(fleet.container("a"), "/readyz: no answer")
+            # a new version and a failed check at once: down, and its request moves on
+            checker.record(c, "/readyz: no answer", "2")
+            assert (c.model_version, c.healthy, c.last_error) == ("2", False, "/readyz: no answer")
             ex = await asyncio.wait_for(done, 2)
             assert ex.error is not None
             assert "a: a failed its health checks before answering (/readyz: no answer)" in ex.error.message
@@ -195,31 +199,5 @@ def test_the_checks_record_the_version_a_container_names_and_keep_it_through_fai
             assert c.model_version == "8"
             assert c.healthy  # 2 failures of the 5 that take it down
             await checker.close()
-
-    run(main)
-
-
-def test_a_version_change_with_a_failed_check_takes_the_container_down_and_moves_its_request_on() -> None:
-    from onnxfleet.orchestrator.health import HealthChecker
-
-    async def silent(reader: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> bool:
-        await read_request(reader)
-        return False
-
-    async def main() -> None:
-        async with Scripted(silent) as a:
-            fleet = Fleet([a.spec("a")], retries=0)
-            c = fleet.container("a")
-            c.model_version = "1"
-            checker = HealthChecker(fleet.dispatcher, fleet.forwarder, HealthSpec(fall=1, rise=1))
-            checker.record(c, None, None)  # a check that names no version keeps the one known
-            assert c.model_version == "1"
-            _, done = fleet.send()
-            await until(lambda: len(a.requests) == 1)
-            checker.record(c, "/readyz answered 503", "2")
-            assert (c.model_version, c.healthy, c.last_error) == ("2", False, "/readyz answered 503")
-            ex = await asyncio.wait_for(done, 2)
-            assert ex.error is not None
-            assert "a: a failed its health checks before answering (/readyz answered 503)" in ex.error.message
 
     run(main)
