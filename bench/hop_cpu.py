@@ -32,22 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.fleet_batching import wrk_script
+
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 FORMAT = "{{.ID}}\t{{.Names}}"
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.body = '{body}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {token}"
-done = function(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
-      + summary.errors.status + summary.errors.timeout
-  io.write(string.format('RESULT {{"requests": %d, "duration_us": %d, "errors": %d, '
-      .. '"p50_us": %d, "p99_us": %d}}\\n', summary.requests, summary.duration, errors,
-      latency:percentile(50), latency:percentile(99)))
-end
-"""
 # process name -> part (anything else on a node: "other")
 PARTS = {
     "haproxy": "haproxy",
@@ -204,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not nodes:
         sys.exit(f"no nodes labelled onnxfleet.fleet={fleet} (ONNXFLEET_FLEET / --fleet)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT.format(body=request_body(), token=token))
+        script.write(wrk_script(request_body().encode(), token))
     target = node_url(fleet) if getattr(args, "node_address", False) else url
     wrk = [
         "wrk",
