@@ -13,10 +13,10 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from onnxfleet.autoscale.policy import ACTIONS
 from onnxfleet.orchestrator.errors import BadRequest
 from onnxfleet.orchestrator.messages import Reply, Request, json_reply
 
-ACTIONS = ("scale_out", "scale_in", "hold")
 _COUNTS = ("current", "desired", "target")
 log = logging.getLogger("onnxfleet.orchestrator")
 
